@@ -70,6 +70,13 @@ class ModelConfig:
             raise ValueError(f"model_type {hf.get('model_type')!r} is not supported: this engine implements Qwen3")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in hf.items() if k in names}
+        # transformers >= 5 writes rope settings as `rope_parameters`; older files use `rope_theta`
+        # and `rope_scaling`. Only plain RoPE is implemented: refuse scaled variants loudly.
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise ValueError(f"RoPE scaling {rope} is not supported by this engine")
+        if "rope_theta" in rope:
+            kwargs.setdefault("rope_theta", rope["rope_theta"])
         if "head_dim" not in kwargs:  # older configs leave it implicit
             kwargs["head_dim"] = hf["hidden_size"] // hf["num_attention_heads"]
         missing = names - kwargs.keys() - {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
@@ -84,9 +91,9 @@ PRESETS: dict[str, ModelConfig] = {
     "qwen3-1.7b": ModelConfig(151_936, 2048, 28, 16, 8, 128, 6144),
     "qwen3-4b": ModelConfig(151_936, 2560, 36, 32, 8, 128, 9728),
     "qwen3-8b": ModelConfig(151_936, 4096, 36, 32, 8, 128, 12_288, tie_word_embeddings=False),
-    "tiny": ModelConfig(256, 64, 2, 4, 2, 16, 128, rope_theta=10_000.0, max_position_embeddings=512),
+    "tiny": ModelConfig(320, 64, 2, 4, 2, 16, 128, rope_theta=10_000.0, max_position_embeddings=512),
     "tiny-untied": ModelConfig(
-        256, 64, 2, 4, 2, 16, 128, rope_theta=10_000.0, tie_word_embeddings=False, max_position_embeddings=512
+        320, 64, 2, 4, 2, 16, 128, rope_theta=10_000.0, tie_word_embeddings=False, max_position_embeddings=512
     ),
 }
 

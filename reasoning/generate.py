@@ -1,0 +1,249 @@
+"""Batched, KV-cached generation: prefill + decode on the static cache, with per-row sampling.
+
+Design choices:
+- Prompts of different lengths are sorted by length, left-padded and prefilled together;
+  n samples of one prompt share its prefill (the cache rows are repeated after prefill).
+- Each (prompt, sample) row draws its randomness from its own seeded `torch.Generator` by
+  inverse-CDF sampling, so the same seed gives the same sample whatever else is in the batch.
+- Finished rows (stop token or stop string) leave the batch: when the live rows fall to half
+  the batch, the caches are compacted, so finished rows stop costing compute while the batch
+  size (and so the compiled graph) changes only log2(B) times.
+- Only the decode step is compiled (`compile=True`); prefill runs eagerly with large matmuls.
+- Log-probs are the model's own (temperature 1) log-probabilities of the emitted tokens: what
+  scorers and RL need, independent of the sampling temperature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .model import Qwen3
+from .tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
+            raise ValueError(f"invalid sampling settings {self}: need temperature >= 0, 0 < top_p <= 1, "
+                             "top_k >= 0, max_new_tokens >= 1")
+
+
+@dataclass
+class Completion:
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = "length"  # "stop" (stop token or string) or "length" (truncated)
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+StreamFn = Callable[[int, int, int], None]  # (prompt index, sample index, token id)
+
+
+def sample_rows(logits: Tensor, cfg: SamplingConfig, generators: Sequence[torch.Generator]) -> Tensor:
+    """One token per row from (B, V) fp32 logits; row b's randomness comes from generators[b]."""
+    if cfg.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / cfg.temperature
+    if cfg.top_k:
+        kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    if cfg.top_p < 1:
+        sorted_p, order = probs.sort(-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        drop = sorted_p.cumsum(-1) - sorted_p >= cfg.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        probs = probs / probs.sum(-1, keepdim=True)
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators]).to(probs.device)
+    cdf = probs.double().cumsum(-1)
+    cdf = cdf / cdf[:, -1:]
+    return (cdf < u[:, None]).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def row_seed(seed: int, sample: int) -> int:
+    """Seed of sample `sample` of a prompt whose seed is `seed` (splitmix-style mixing)."""
+    x = (seed * 0x9E3779B97F4A7C15 + sample * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
+    x ^= x >> 31
+    return x % (1 << 63)
+
+
+class Generator:
+    """Holds a model, its tokenizer and the (optionally compiled) decode step."""
+
+    def __init__(self, model: Qwen3, tokenizer: Tokenizer, compile: bool = False, batch_size: int = 32):
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        self._decode = torch.compile(self._decode_step, fullgraph=True) if compile else self._decode_step
+
+    def _decode_step(self, cur: Tensor, input_pos: Tensor, pad: Tensor) -> Tensor:
+        return self.model(cur, input_pos, pad)[:, -1]
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Sequence[int] | str], sampling: SamplingConfig = SamplingConfig(),
+                 n: int = 1, seeds: Sequence[int] | None = None,
+                 stream: StreamFn | None = None) -> list[list[Completion]]:
+        """n completions for each prompt (token ids or text), in prompt order.
+
+        seeds[i] seeds prompt i's samples (default: i); greedy decoding ignores seeds.
+        """
+        ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+        if any(len(p) == 0 for p in ids):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        seeds = list(range(len(ids))) if seeds is None else list(seeds)
+        if len(seeds) != len(ids):
+            raise ValueError(f"{len(seeds)} seeds for {len(ids)} prompts")
+        out: list[list[Completion]] = [[] for _ in ids]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
+        per_batch = max(1, self.batch_size // n)
+        for start in range(0, len(order), per_batch):
+            chunk = order[start:start + per_batch]
+            results = self._generate_batch([ids[i] for i in chunk], sampling, n, [seeds[i] for i in chunk],
+                                           stream, chunk)
+            for i, comps in zip(chunk, results):
+                out[i] = comps
+        return out
+
+    def _generate_batch(self, prompts: list[list[int]], cfg: SamplingConfig, n: int, seeds: list[int],
+                        stream: StreamFn | None, prompt_index: list[int]) -> list[list[Completion]]:
+        model, device = self.model, self.model.device
+        P, L = len(prompts), max(len(p) for p in prompts)
+        B = P * n
+        max_len = L + cfg.max_new_tokens
+        if max_len > model.config.max_position_embeddings:
+            raise ValueError(f"prompt ({L} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds the model's "
+                             f"context of {model.config.max_position_embeddings}")
+        model.setup_caches(B, -(-max_len // 64) * 64)  # round up so nearby lengths reuse one cache shape
+        idx = torch.full((P, L), self.tokenizer.pad_id, dtype=torch.long)
+        pad = torch.tensor([L - len(p) for p in prompts], dtype=torch.long)
+        for r, p in enumerate(prompts):
+            idx[r, L - len(p):] = torch.tensor(p)
+        idx, pad = idx.to(device), pad.to(device)
+
+        # Prefill the P prompts once into the first P cache rows, then give each its n rows.
+        for c in model.kv_caches():
+            c.select_rows(torch.arange(P, device=device))
+        logits = model(idx, torch.arange(L, device=device), pad, last_only=True)[:, -1]
+        if n > 1:
+            for c in model.kv_caches():
+                c.repeat_rows(n)
+            logits, pad = logits.repeat_interleave(n, 0), pad.repeat_interleave(n)
+
+        comps = [Completion() for _ in range(B)]
+        gens = [torch.Generator().manual_seed(row_seed(seeds[r // n], r % n)) for r in range(B)]
+        stop_ids = set(self.tokenizer.stop_ids)
+        max_stop = max((len(s) for s in cfg.stop_strings), default=0)
+        rows = list(range(B))  # global row held by each cache row
+        done = [False] * B  # per cache row
+        for step in range(cfg.max_new_tokens):
+            live = [j for j in range(len(rows)) if not done[j]]
+            tok = torch.full((len(rows),), self.tokenizer.pad_id, dtype=torch.long, device=device)
+            tok[live] = sample_rows(logits[live], cfg, [gens[rows[j]] for j in live])
+            lp = torch.log_softmax(logits[live], -1).gather(-1, tok[live][:, None])[:, 0].tolist()
+            for j, t, logp in zip(live, tok[live].tolist(), lp):
+                r = rows[j]
+                c = comps[r]
+                c.tokens.append(t)
+                c.logprobs.append(logp)
+                if stream is not None:
+                    stream(prompt_index[r // n], r % n, t)
+                if t in stop_ids or (max_stop and self._hit_stop_string(c, cfg, max_stop)):
+                    c.finish_reason = "stop"
+                    done[j] = True
+            live = [j for j in live if not done[j]]
+            if not live or step == cfg.max_new_tokens - 1:
+                break
+            if len(live) <= len(rows) // 2:  # compact: finished rows stop costing compute
+                keep = torch.tensor(live, device=device)
+                for c in model.kv_caches():
+                    c.select_rows(keep)
+                pad, tok = pad[keep], tok[keep]
+                rows, done = [rows[j] for j in live], [False] * len(live)
+            # (until then, finished rows ride along; their outputs are ignored)
+            logits = self._decode(tok[:, None], torch.tensor([L + step], device=device), pad)
+        for c in comps:
+            c.text = self._text(c, cfg)
+        return [comps[p * n:(p + 1) * n] for p in range(P)]
+
+    def _hit_stop_string(self, c: Completion, cfg: SamplingConfig, max_stop: int) -> bool:
+        tail = self.tokenizer.decode(c.tokens[-(max_stop + 8):])
+        return any(s in tail for s in cfg.stop_strings)
+
+    def _text(self, c: Completion, cfg: SamplingConfig) -> str:
+        toks = c.tokens[:-1] if c.tokens and c.tokens[-1] in self.tokenizer.stop_ids else c.tokens
+        text = self.tokenizer.decode(toks)
+        for s in cfg.stop_strings:
+            if s in text:
+                text = text[:text.index(s)]
+        return text
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from .prompts import PromptConfig, render
+    from .weights import resolve, load_model
+
+    ap = argparse.ArgumentParser(
+        prog="python -m reasoning.generate",
+        description="Generate a completion with the from-scratch Qwen3 engine and print its speed.")
+    ap.add_argument("--model", required=True, help="checkpoint directory, or a hub id such as hf:Qwen/Qwen3-0.6B")
+    ap.add_argument("--prompt", required=True, help="the prompt text (or the user message with --chat)")
+    ap.add_argument("--chat", action="store_true", help="wrap the prompt in the Qwen3 chat template")
+    ap.add_argument("--think", action="store_true", help="with --chat: let the model think in <think> first")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="compile the decode step with torch.compile")
+    args = ap.parse_args(argv)
+
+    ckpt = resolve(args.model)
+    tok = Tokenizer(ckpt)
+    model = load_model(ckpt, DTYPES[args.dtype], args.device)
+    text = render(args.prompt, PromptConfig(template="chat", think=args.think)) if args.chat else args.prompt
+    gen = Generator(model, tok, compile=args.compile, batch_size=1)
+    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    emitted: list[int] = []
+    shown = ""
+
+    def stream(_p: int, _s: int, t: int) -> None:  # print text as it is produced
+        nonlocal shown
+        emitted.append(t)
+        now = tok.decode([x for x in emitted if x not in tok.stop_ids])
+        if not now.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            sys.stdout.write(now[len(shown):])
+            sys.stdout.flush()
+            shown = now
+
+    t0 = time.perf_counter()
+    [[c]] = gen.generate([text], sampling, seeds=[args.seed], stream=stream)
+    dt = time.perf_counter() - t0
+    print(f"\n\n[{len(c.tokens)} tokens in {dt:.2f}s: {len(c.tokens) / dt:.1f} tok/s, "
+          f"finish={c.finish_reason}, prompt {len(tok.encode(text))} tokens]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Qwen3 (dense) from scratch, in the style of gpt-fast's model.py.
+
+Design choices:
+- Module names follow Hugging Face's Qwen3 layout minus the `model.` prefix, so weight loading
+  is a strict state-dict load with one prefix rule (see weights.py), not a translation table.
+- The KV cache is pre-allocated (static buffers, `setup_caches`) and written in place at
+  `input_pos`, so the decode step has fixed shapes and compiles once; a growing `torch.cat`
+  cache would recompile every step.
+- Batches of prompts of different lengths are left-padded: `pad[b]` counts row b's padding.
+  Rotary positions start at 0 after the padding, and attention never looks at padded keys, so
+  a row's logits do not depend on what else is in the batch.
+- `forward(idx)` without `input_pos` is the training/scoring path: full causal attention, no
+  cache, optional gradient checkpointing per block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in fp32 whatever the storage dtype (as Qwen3 does), then cast back.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class KVCache(nn.Module):
+    def __init__(self, batch: int, seq: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str | None):
+        super().__init__()
+        shape = (batch, n_kv_heads, seq, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # k, v: (B, H_kv, T, D) written at cache positions input_pos (T,)
+        self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
+        self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
+        return self.k_cache, self.v_cache
+
+    def select_rows(self, rows: Tensor) -> None:
+        """Keep only batch rows `rows` (finished rows leave the batch and stop costing compute)."""
+        self.k_cache = self.k_cache.index_select(0, rows)
+        self.v_cache = self.v_cache.index_select(0, rows)
+
+    def repeat_rows(self, n: int) -> None:
+        """Each row becomes n consecutive rows: n samples share one prompt's prefill."""
+        self.k_cache = self.k_cache.repeat_interleave(n, dim=0)
+        self.v_cache = self.v_cache.repeat_interleave(n, dim=0)
+
+
+def rope_tables(cfg: ModelConfig, max_pos: int) -> tuple[Tensor, Tensor]:
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
+    angles = torch.outer(torch.arange(max_pos, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)  # (P, D): Qwen's half-split ("rotate_half") layout
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: (B, H, T, D); cos/sin: (B, 1, T, D)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                input_pos: Tensor | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if input_pos is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        rep = self.n_heads // self.n_kv
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, S, D)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                input_pos: Tensor | None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen3(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.gradient_checkpointing = False
+        self.max_batch_size = self.max_seq_length = -1
+        self._rope_len = 0
+
+    def init_weights(self, seed: int, std: float = 0.02) -> None:
+        """Random init for pretraining from scratch (normal(0, std) matrices, unit norms)."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    def _ensure_rope(self, length: int) -> None:
+        if self._rope_len < length:
+            self._rope_len = max(length, 2 * self._rope_len, 256)
+            cos, sin = rope_tables(self.config, self._rope_len)
+            self.register_buffer("rope_cos", cos.to(self.device), persistent=False)
+            self.register_buffer("rope_sin", sin.to(self.device), persistent=False)
+
+    def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None) -> None:
+        """Allocate static KV caches (re-used when they already fit exactly)."""
+        if (max_batch_size, max_seq_length) == (self.max_batch_size, self.max_seq_length):
+            return
+        dtype = dtype or self.embed_tokens.weight.dtype
+        self.max_batch_size, self.max_seq_length = max_batch_size, max_seq_length
+        for layer in self.layers:
+            a = layer.self_attn
+            a.kv_cache = KVCache(max_batch_size, max_seq_length, a.n_kv, a.head_dim, dtype, self.device)
+        self._ensure_rope(max_seq_length)
+
+    def kv_caches(self) -> list[KVCache]:
+        return [layer.self_attn.kv_cache for layer in self.layers]
+
+    def forward(self, idx: Tensor, input_pos: Tensor | None = None, pad: Tensor | None = None,
+                last_only: bool = False) -> Tensor:
+        """Logits (B, T, V) in fp32, or (B, 1, V) with `last_only`.
+
+        idx: (B, T) token ids. input_pos: (T,) cache positions (None: no cache, causal over idx).
+        pad: (B,) number of left-padding tokens per row (cached path only).
+        """
+        B, T = idx.shape
+        x = self.embed_tokens(idx)
+        if input_pos is None:
+            self._ensure_rope(T)
+            pos = torch.arange(T, device=idx.device).expand(B, T)
+            mask = None
+        else:
+            S = self.max_seq_length
+            pad = torch.zeros(B, dtype=torch.long, device=idx.device) if pad is None else pad
+            pos = (input_pos[None, :] - pad[:, None]).clamp(min=0)  # (B, T) rotary positions
+            k_idx = torch.arange(S, device=idx.device)
+            causal = k_idx[None, None, :] <= input_pos[None, :, None]  # (1, T, S)
+            not_pad = k_idx[None, None, :] >= pad[:, None, None]  # (B, 1, S)
+            # A padding query attends to itself only, so its (unused) outputs stay finite.
+            mask = ((causal & not_pad) | (k_idx[None, None, :] == input_pos[None, :, None]))[:, None]
+        cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, D)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, mask, input_pos, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, input_pos)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm(x)).float()

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny byte-level BPE tokenizer with Qwen3's special tokens, tiny checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from reasoning.config import PRESETS
+from reasoning.model import Qwen3
+from reasoning.tokenizer import SPECIAL_TOKENS
+from reasoning.weights import save_model
+
+TEXTS = ["What is 12 + 7? The answer is 19.", "Solve 3x + 4 = 10, so x = 2.", "Question:\nAnswer:\n\\boxed{42}"] * 20
+
+
+def make_tokenizer(path: Path, vocab_size: int = 300) -> Path:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TEXTS, trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_path(tmp_path_factory) -> Path:
+    return make_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json")
+
+
+def make_checkpoint(out: Path, preset: str, tokenizer_path: Path, seed: int = 0, **kw) -> Path:
+    model = Qwen3(PRESETS[preset])
+    model.init_weights(seed, std=0.2)  # large init: sharp, non-trivial logits for comparisons
+    return save_model(model, out, tokenizer_path=tokenizer_path, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_tokenizer_path) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", tiny_tokenizer_path)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)

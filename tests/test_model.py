@@ -1,0 +1,126 @@
+"""The from-scratch Qwen3 against transformers' Qwen3ForCausalLM (test-only oracle), and checkpoint I/O."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reasoning.config import PRESETS
+from reasoning.model import Qwen3
+from reasoning.weights import CheckpointError, load_model, read_config, save_model
+from tests.conftest import make_checkpoint
+
+transformers = pytest.importorskip("transformers")
+
+
+def hf_model(ckpt):
+    return transformers.Qwen3ForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-untied"])
+def test_logits_match_transformers(tmp_path, tiny_tokenizer_path, preset):
+    ckpt = make_checkpoint(tmp_path / preset, preset, tiny_tokenizer_path, seed=1)
+    ours, ref = load_model(ckpt), hf_model(ckpt)
+    idx = torch.randint(0, PRESETS[preset].vocab_size, (2, 23), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ours(idx), ref(idx).logits
+    assert a.shape == b.shape
+    assert (a - b).abs().max().item() <= 1e-4
+    assert a.std() > 0.1  # the comparison is not between two near-constant outputs
+
+
+def test_transformers_checkpoint_loads_into_ours(tmp_path, tiny_tokenizer_path):
+    """A checkpoint saved by transformers itself (not by us) loads with the same logits."""
+    cfg = transformers.Qwen3Config(**{k: v for k, v in PRESETS["tiny-untied"].to_hf().items()
+                                      if k not in ("architectures", "model_type", "torch_dtype")})
+    torch.manual_seed(0)
+    ref = transformers.Qwen3ForCausalLM(cfg).eval()
+    ref.save_pretrained(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf")
+    idx = torch.randint(0, cfg.vocab_size, (1, 17))
+    with torch.no_grad():
+        assert (ours(idx) - ref(idx).logits).abs().max() <= 1e-4
+
+
+def test_sharded_round_trip(tmp_path, tiny_tokenizer_path):
+    ckpt = make_checkpoint(tmp_path / "sharded", "tiny-untied", tiny_tokenizer_path, max_shard_bytes=40_000)
+    shards = sorted(p.name for p in ckpt.glob("*.safetensors"))
+    assert len(shards) > 2 and (ckpt / "model.safetensors.index.json").exists()
+    ours, ref = load_model(ckpt), hf_model(ckpt)
+    idx = torch.randint(0, 320, (1, 9))
+    with torch.no_grad():
+        assert (ours(idx) - ref(idx).logits).abs().max() <= 1e-4
+    # and back out through our saver: identical tensors
+    again = load_model(save_model(ours, tmp_path / "again"))
+    for (k, v), (k2, v2) in zip(ours.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_cached_decode_equals_full_forward(tiny_ckpt):
+    model = load_model(tiny_ckpt)
+    idx = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(idx)
+        model.setup_caches(2, 64)
+        step = [model(idx[:, :5], torch.arange(5))]
+        for t in range(5, 12):
+            step.append(model(idx[:, t:t + 1], torch.tensor([t])))
+    assert torch.allclose(torch.cat(step, 1), full, atol=1e-4)
+
+
+def test_left_padding_does_not_change_a_row(tiny_ckpt):
+    model = load_model(tiny_ckpt)
+    a = torch.randint(1, 320, (1, 6))
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), a], 1)
+    with torch.no_grad():
+        model.setup_caches(1, 32)
+        alone = model(a, torch.arange(6))
+        model.setup_caches(1, 48)
+        with_pad = model(padded, torch.arange(10), torch.tensor([4]))
+    assert torch.allclose(alone, with_pad[:, 4:], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_close_to_fp32(tiny_ckpt, dtype):
+    idx = torch.randint(0, 320, (1, 10))
+    with torch.no_grad():
+        ref, low = load_model(tiny_ckpt)(idx), load_model(tiny_ckpt, dtype=dtype)(idx)
+    assert low.dtype == torch.float32  # logits always come back in fp32
+    assert (ref.softmax(-1) - low.softmax(-1)).abs().max() < 0.05
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, tiny_tokenizer_path):
+    ckpt = make_checkpoint(tmp_path / "c", "tiny", tiny_tokenizer_path)
+    f = ckpt / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(ckpt)
+
+
+def test_mismatched_checkpoint_is_a_clear_error(tmp_path, tiny_tokenizer_path):
+    ckpt = make_checkpoint(tmp_path / "m", "tiny", tiny_tokenizer_path)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["intermediate_size"] = 96
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shape mismatches.*mlp"):
+        load_model(ckpt)
+    cfg["intermediate_size"], cfg["num_hidden_layers"] = 128, 3
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="missing.*layers.2"):
+        load_model(ckpt)
+    with pytest.raises(CheckpointError, match="config.json"):
+        read_config(tmp_path)
+
+
+def test_hub_unreachable_names_the_local_alternative(monkeypatch, tmp_path):
+    from reasoning.weights import resolve
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="local checkpoint directory"):
+        resolve("hf:Qwen/Qwen3-0.6B", cache_dir=str(tmp_path))
+
+
+def test_presets_param_counts():
+    assert abs(PRESETS["qwen3-0.6b"].n_params / 1e6 - 596) < 1  # 0.6B with tied embeddings
+    assert sum(p.numel() for p in Qwen3(PRESETS["tiny-untied"]).parameters()) == PRESETS["tiny-untied"].n_params
