@@ -142,3 +142,24 @@ def stable_hash(obj: Any) -> str:
     if dataclasses.is_dataclass(obj):
         obj = dataclasses.asdict(obj)
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+    """(torch.device, torch.dtype) from params strings; `auto` = CUDA + bf16 when present, else CPU + fp32.
+
+    fp32 is the CPU default on purpose: bf16 matrix-matrix products are several times slower
+    than fp32 on CPUs without AMX (measured), and training needs fp32 master weights there anyway.
+    """
+    import torch
+
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available; set device: cpu (or auto)")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in names:
+        raise ValueError(f"dtype {dtype!r} is unknown; use one of auto, {', '.join(sorted(names))}")
+    return torch.device(device), names[dtype]
