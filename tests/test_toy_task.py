@@ -138,7 +138,7 @@ def test_higher_levels_take_more_steps():
 
 
 def test_grader_accepts_every_generated_answer():
-    grade = pytest.importorskip("reasoning.grading", reason="reasoning/grading.py is not written yet").grade
+    from reasoning.grading import grade
     for r in ROWS[:300]:
         assert grade(f"\\boxed{{{r['answer']}}}", r["answer"]), r
         assert grade(r["solution"], r["answer"]), r

@@ -1,0 +1,189 @@
+"""Evaluate a model on a problem set: one function for every evaluation in the project.
+
+Design choices:
+- `evaluate` takes a `Generator` (or anything with its `generate` method) and plain problem
+  dicts, so the evaluate stage, final evaluation and GRPO's periodic evaluation share it; file
+  handling is limited to the optional records path.
+- Records are appended durably batch by batch. A rerun keeps the records already written
+  (matched by problem id) and generates only the rest, so a killed run resumes without
+  duplicates. Records carry a hash of what determines a completion (prompt template, sampling,
+  seed) and the caller's model id; a file from another configuration or model is refused
+  instead of being silently mixed.
+  When done, the file is rewritten in problem order, so it does not depend on where a run died.
+- Each problem's sampling seed comes from its id and `cfg.seed`, not from its position, so
+  samples do not change with resumes, limits or batch composition.
+- Verdicts are always recomputed from the stored completion (`grade_record`): kept records are
+  regraded on resume and `regrade` does the same without a model, so every verdict in a file
+  comes from the grader version its metrics name.
+- Wall time is the sum of each record's share of its batch's generation time, so metrics are
+  a function of the records alone: a resumed run counts the time of all its sessions and
+  `regrade` reproduces the metrics exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .config import stable_hash
+from .generate import Generator, SamplingConfig
+from .grading import GRADER_NAME, GRADER_VERSION, grade
+from .io import JsonlAppender, read_jsonl, write_jsonl
+from .metrics import accuracy_summary
+from .prompts import PromptConfig, render
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    limit: int | None = None  # evaluate only the first `limit` problems (a quick subset)
+    batch_size: int = 32
+    prompt: PromptConfig = PromptConfig()
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=256)  # greedy by default
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"evaluate.limit must be a positive number of problems or null (all), "
+                             f"got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def hash(self) -> str:
+        """Hash of the settings that determine a completion; limit, batching and device are left out."""
+        return stable_hash({"prompt": self.prompt.hash, "sampling": dataclasses.asdict(self.sampling),
+                            "seed": self.seed})
+
+
+def problem_seed(problem_id: str, seed: int) -> int:
+    """Sampling seed of one problem: a function of its id and the run seed only."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()[:8], "big") >> 1
+
+
+def grade_record(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with its verdict fields (extracted, correct, reason) recomputed from completion and gold."""
+    verdict = grade(record["completion"], record["gold"])
+    return {**record, "extracted": verdict.extracted, "correct": bool(verdict), "reason": verdict.reason}
+
+
+def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: EvalConfig,
+             records_path: str | Path | None = None, progress: bool = True,
+             model_id: str = "") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Generate, grade and score `problems` (dataset rows); return (records in problem order, metrics).
+
+    With `records_path`, records are appended there as batches finish, and records already in the
+    file are reused (resume); the file ends holding exactly the returned records. `model_id` (e.g.
+    a weights hash) is stored in each record, so a resume never mixes two models' records.
+    """
+    problems = list(problems)[:cfg.limit]
+    if not problems:
+        raise ValueError("no problems to evaluate: the dataset is empty")
+    ids = [str(p["id"]) for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError("problem ids are not unique; pass the rows through reasoning.data.validate_rows")
+    prompts = {pid: render(p["problem"], cfg.prompt) for pid, p in zip(ids, problems)}
+    golds = {pid: str(p["answer"]) for pid, p in zip(ids, problems)}
+    done = _resume(Path(records_path), cfg, model_id, prompts, golds) if records_path else {}
+
+    todo = sorted((pid for pid in ids if pid not in done), key=lambda pid: len(prompts[pid]))
+    # Similar prompt lengths share a batch (less padding); the order is fixed by the data alone.
+    appender = JsonlAppender(records_path) if records_path else None
+    bar = tqdm(total=len(ids), initial=len(done), desc="evaluate", unit="problem", disable=not progress,
+               file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    try:
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start:start + cfg.batch_size]
+            t0 = time.perf_counter()
+            outs = generator.generate([prompts[pid] for pid in batch], cfg.sampling,
+                                      seeds=[problem_seed(pid, cfg.seed) for pid in batch])
+            share = (time.perf_counter() - t0) / len(batch)
+            for pid, [c] in zip(batch, outs):
+                done[pid] = grade_record({
+                    "id": pid, "prompt": prompts[pid], "completion": c.text, "gold": golds[pid],
+                    "generated_tokens": len(c.tokens), "truncated": c.truncated, "seconds": share,
+                    "config_hash": cfg.hash, "prompt_hash": cfg.prompt.hash, "model_id": model_id,
+                })
+                if appender:
+                    appender.append(done[pid])
+            bar.set_postfix(acc=f"{sum(r['correct'] for r in done.values()) / len(done):.3f}", refresh=False)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        if appender:
+            appender.close()
+    records = [done[pid] for pid in ids]
+    if records_path:
+        write_jsonl(records_path, records)
+    return records, metrics_from_records(records)
+
+
+def _resume(path: Path, cfg: EvalConfig, model_id: str, prompts: dict[str, str],
+            golds: dict[str, str]) -> dict[str, dict]:
+    """Records already in `path` for these problems, regraded; refuse another config's, model's or data's."""
+    done: dict[str, dict] = {}
+    for r in read_jsonl(path):
+        if r.get("config_hash") != cfg.hash:
+            raise ValueError(
+                f"{path} holds records from a different evaluation config (hash {r.get('config_hash')}, now "
+                f"{cfg.hash}: prompt, sampling or seed changed); delete it or choose another output "
+                "directory")
+        if r.get("model_id") != model_id:
+            raise ValueError(f"{path} holds records of model {r.get('model_id')!r}, not {model_id!r}; "
+                             "delete it or choose another output directory")
+        pid = r["id"]
+        if pid not in prompts or pid in done:
+            continue  # outside this problem set (e.g. a smaller limit): dropped when the file is rewritten
+        if r["prompt"] != prompts[pid] or r["gold"] != golds[pid]:
+            raise ValueError(f"{path}: problem {pid!r} differs from the one its record was made for (the "
+                             "dataset changed); delete the file or choose another output directory")
+        done[pid] = grade_record(r)
+    return done
+
+
+def metrics_from_records(records: Sequence[dict[str, Any]], wall_time: float | None = None) -> dict[str, Any]:
+    """Accuracy (95% Wilson interval), generation statistics and provenance of a set of records.
+
+    `wall_time` defaults to the sum of the records' generation seconds.
+    """
+    runs = {(r["config_hash"], r["model_id"]) for r in records}
+    if len(runs) > 1:
+        raise ValueError(f"records come from {len(runs)} different (config hash, model) pairs {sorted(runs)}")
+    n = len(records)
+    summary = accuracy_summary([r["correct"] for r in records])  # raises on no records
+    tokens = sum(r["generated_tokens"] for r in records)
+    wall = sum(r["seconds"] for r in records) if wall_time is None else wall_time
+    return {
+        **summary,
+        "mean_generated_tokens": tokens / n,
+        "truncation_rate": sum(bool(r["truncated"]) for r in records) / n,
+        "tokens_per_s": tokens / wall if wall > 0 else 0.0,
+        "wall_time_s": wall,
+        "grader": GRADER_NAME,
+        "grader_version": GRADER_VERSION,
+        "prompt_hash": records[0]["prompt_hash"],
+        "config_hash": records[0]["config_hash"],
+        "model_id": records[0]["model_id"],
+    }
+
+
+def regrade(records_path: str | Path) -> dict[str, Any]:
+    """Regrade stored completions against their gold answers (no model), rewrite the file, return metrics."""
+    if not Path(records_path).exists():
+        raise FileNotFoundError(f"{records_path} not found: run the evaluation first (without --regrade)")
+    records = read_jsonl(records_path)
+    if not records:
+        raise ValueError(f"{records_path} holds no records: run the evaluation first")
+    records = [grade_record(r) for r in records]
+    write_jsonl(records_path, records)
+    return metrics_from_records(records)
