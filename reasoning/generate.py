@@ -9,6 +9,14 @@ Design choices:
   the batch, the caches are compacted, so finished rows stop costing compute while the batch
   size (and so the compiled graph) changes only log2(B) times.
 - Only the decode step is compiled (`compile=True`); prefill runs eagerly with large matmuls.
+  Each step attends to the filled part of the static cache only (`kv_len`); under compile that
+  length becomes a dynamic dimension after the first steps, so the graph is not rebuilt per token.
+- `matmul_dtype` picks the precision of the weight matmuls per phase. Which dtype is faster
+  depends on the CPU and on the number of rows multiplied (a decode step multiplies B rows, a
+  prefill B x L): bf16 halves the bytes read per token, which wins where matmuls are bound by
+  memory bandwidth, but CPUs without native bf16 dot products compute bf16 matrix-matrix products
+  several times slower than fp32. So "auto" measures both on the model's own weights, once per
+  row-count bucket and process, and uses the faster; the weights themselves stay untouched.
 - Log-probs are the model's own (temperature 1) log-probabilities of the emitted tokens: what
   scorers and RL need, independent of the sampling temperature.
 """
@@ -22,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .model import Qwen3
@@ -57,26 +66,41 @@ class Completion:
 StreamFn = Callable[[int, int, int], None]  # (prompt index, sample index, token id)
 
 
+NUCLEUS_PREFIX = 1024  # top_p alone looks for the nucleus among this many best tokens first
+
+
 def sample_rows(logits: Tensor, cfg: SamplingConfig, generators: Sequence[torch.Generator]) -> Tensor:
-    """One token per row from (B, V) fp32 logits; row b's randomness comes from generators[b]."""
+    """One token per row from (B, V) fp32 logits; row b's randomness comes from generators[b].
+
+    Filters work on the best candidates only (`topk`), not on a sort of the whole vocabulary:
+    top_k keeps k of them; top_p alone takes the NUCLEUS_PREFIX best, which hold the nucleus
+    whenever their mass reaches top_p (exact), and sorts the full vocabulary only otherwise.
+    """
     if cfg.temperature == 0:
         return logits.argmax(-1)
+    # one uniform in (0, 1] per row: inverse-CDF sampling then never picks a zero-probability token
+    u = 1 - torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
     logits = logits / cfg.temperature
-    if cfg.top_k:
-        kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)
-    if cfg.top_p < 1:
-        sorted_p, order = probs.sort(-1, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        drop = sorted_p.cumsum(-1) - sorted_p >= cfg.top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-        probs = probs / probs.sum(-1, keepdim=True)
-    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators]).to(probs.device)
-    cdf = probs.double().cumsum(-1)
-    cdf = cdf / cdf[:, -1:]
-    return (cdf < u[:, None]).sum(-1).clamp(max=probs.shape[-1] - 1)
+    V = logits.shape[-1]
+    ids = None  # candidate token ids, best first (None: the whole vocabulary, in id order)
+    if cfg.top_k or cfg.top_p < 1:
+        vals, ids = logits.topk(min(cfg.top_k or NUCLEUS_PREFIX, V), dim=-1)
+        # top_k renormalises over its k tokens; top_p alone needs the full distribution's mass
+        probs = vals.softmax(-1) if cfg.top_k else (vals - logits.logsumexp(-1, keepdim=True)).exp()
+        if cfg.top_p < 1:
+            mass = probs.cumsum(-1)
+            if not cfg.top_k and bool((mass[:, -1] < cfg.top_p).any()):
+                vals, ids = logits.sort(-1, descending=True)
+                probs = vals.softmax(-1)
+                mass = probs.cumsum(-1)
+            # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+            probs = probs.masked_fill(mass - probs >= cfg.top_p, 0.0)
+    else:
+        probs = logits.softmax(-1)
+    cdf = probs.cumsum(-1)  # CPU accumulates fp32 cumsums in double
+    target = u.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
+    pick = torch.searchsorted(cdf, target).clamp(max=cdf.shape[-1] - 1)  # first index with cdf >= target
+    return (pick if ids is None else ids.gather(-1, pick))[:, 0]
 
 
 def row_seed(seed: int, sample: int) -> int:
@@ -86,15 +110,91 @@ def row_seed(seed: int, sample: int) -> int:
     return x % (1 << 63)
 
 
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+MATMUL_DTYPES = ("model", "auto", *DTYPES)
+
+_FASTEST: dict[tuple, torch.dtype | None] = {}  # auto's measurements, shared by the process's generators
+
+
+def _fastest(candidates: dict, device: torch.device, reps: int = 5):
+    """The key of the fastest of `candidates` (callables). They run interleaved and each scores
+    its best time, so a burst of load from other processes cannot favour one of them."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for fn in candidates.values():
+        fn()  # warm-up: the first call of a shape builds its kernel
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(reps):
+        for key, fn in candidates.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    return min(best, key=best.__getitem__)  # ties go to the first
+
+
+def fastest_matmul_dtype(model: Qwen3, rows: int,
+                         candidate: torch.dtype = torch.bfloat16) -> torch.dtype | None:
+    """`candidate`, or None (the weights' own dtype), whichever multiplies `rows` rows by the
+    model's weights faster; measured once per (device, shapes, dtypes, row bucket).
+
+    Timed on the MLP weights of the first blocks, at least 64 MB of them so that they do not sit
+    in the CPU's cache: a decode step streams every weight from memory.
+    """
+    weight = model.layers[0].mlp.gate_proj.weight
+    if weight.dtype == candidate:
+        return None
+    bucket = min(1 << (rows - 1).bit_length(), 256)  # from ~256 rows on, matmuls are compute-bound
+    key = (weight.device, tuple(weight.shape), len(model.layers), weight.dtype, candidate, bucket)
+    if key not in _FASTEST:
+        mlps = [m for layer in model.layers for m in (layer.mlp.gate_proj, layer.mlp.up_proj,
+                                                     layer.mlp.down_proj)]
+        per = weight.numel() * weight.element_size()
+        mlps = mlps[:max(1, -(-(64 << 20) // per))]
+
+        def step(dt: torch.dtype) -> Callable[[], object]:
+            ws = [m.weight_as(dt) for m in mlps]
+            xs = {w.shape[1]: torch.randn(bucket, w.shape[1], dtype=dt, device=weight.device) for w in ws}
+            return lambda: [F.linear(xs[w.shape[1]], w) for w in ws]
+        _FASTEST[key] = _fastest({None: step(weight.dtype), candidate: step(candidate)}, weight.device)
+    return _FASTEST[key]
+
+
 class Generator:
-    """Holds a model, its tokenizer and the (optionally compiled) decode step."""
+    """Holds a model, its tokenizer and the (optionally compiled) decode step.
 
-    def __init__(self, model: Qwen3, tokenizer: Tokenizer, compile: bool = False, batch_size: int = 32):
+    matmul_dtype: precision of the weight matmuls while generating. "model": the weights as they
+    are (exact); "auto": bfloat16 copies wherever they measure faster for the rows at hand (per
+    prefill and per decode batch size); or a dtype name, always. The copies cost 2 bytes per
+    parameter of memory and stay cached on the model; their results are within bf16 rounding of
+    fp32, so greedy tokens can differ where two candidates are nearly tied. "auto" is measured
+    per process: pin a dtype where runs must be bit-identical across machines.
+    """
+
+    def __init__(self, model: Qwen3, tokenizer: Tokenizer, compile: bool = False, batch_size: int = 32,
+                 matmul_dtype: str = "model"):
+        if matmul_dtype not in MATMUL_DTYPES:
+            raise ValueError(f"matmul_dtype {matmul_dtype!r} is not one of {MATMUL_DTYPES}")
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        self.matmul_dtype = matmul_dtype
         self._decode = torch.compile(self._decode_step, fullgraph=True) if compile else self._decode_step
+        self._active: torch.dtype | None = None  # the matmul dtype the model is set to (None: its own)
 
-    def _decode_step(self, cur: Tensor, input_pos: Tensor, pad: Tensor) -> Tensor:
-        return self.model(cur, input_pos, pad)[:, -1]
+    def _decode_step(self, cur: Tensor, input_pos: Tensor, pad: Tensor, kv_len: int) -> Tensor:
+        return self.model(cur, input_pos, pad, kv_len=kv_len)[:, -1]
+
+    def _use_matmul_dtype(self, rows: int) -> None:
+        """Set the model's matmul dtype for a forward pass over `rows` rows."""
+        if self.matmul_dtype == "model":
+            dtype = None
+        elif self.matmul_dtype == "auto":
+            dtype = fastest_matmul_dtype(self.model, rows)
+        else:
+            dtype = DTYPES[self.matmul_dtype]
+        if dtype != self._active:
+            self.model.set_matmul_dtype(dtype)
+            self._active = dtype
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int] | str], sampling: SamplingConfig = SamplingConfig(),
@@ -113,12 +213,16 @@ class Generator:
         out: list[list[Completion]] = [[] for _ in ids]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
         per_batch = max(1, self.batch_size // n)
-        for start in range(0, len(order), per_batch):
-            chunk = order[start:start + per_batch]
-            results = self._generate_batch([ids[i] for i in chunk], sampling, n, [seeds[i] for i in chunk],
-                                           stream, chunk)
-            for i, comps in zip(chunk, results):
-                out[i] = comps
+        try:
+            for start in range(0, len(order), per_batch):
+                chunk = order[start:start + per_batch]
+                results = self._generate_batch([ids[i] for i in chunk], sampling, n,
+                                               [seeds[i] for i in chunk], stream, chunk)
+                for i, comps in zip(chunk, results):
+                    out[i] = comps
+        finally:  # training between generations must see the weights themselves
+            self.model.set_matmul_dtype(None)
+            self._active = None
         return out
 
     def _generate_batch(self, prompts: list[list[int]], cfg: SamplingConfig, n: int, seeds: list[int],
@@ -140,7 +244,8 @@ class Generator:
         # Prefill the P prompts once into the first P cache rows, then give each its n rows.
         for c in model.kv_caches():
             c.select_rows(torch.arange(P, device=device))
-        logits = model(idx, torch.arange(L, device=device), pad, last_only=True)[:, -1]
+        self._use_matmul_dtype(P * L)
+        logits = model(idx, torch.arange(L, device=device), pad, last_only=True, kv_len=L)[:, -1]
         if n > 1:
             for c in model.kv_caches():
                 c.repeat_rows(n)
@@ -152,12 +257,19 @@ class Generator:
         max_stop = max((len(s) for s in cfg.stop_strings), default=0)
         rows = list(range(B))  # global row held by each cache row
         done = [False] * B  # per cache row
+        self._use_matmul_dtype(B)
         for step in range(cfg.max_new_tokens):
             live = [j for j in range(len(rows)) if not done[j]]
-            tok = torch.full((len(rows),), self.tokenizer.pad_id, dtype=torch.long, device=device)
-            tok[live] = sample_rows(logits[live], cfg, [gens[rows[j]] for j in live])
-            lp = torch.log_softmax(logits[live], -1).gather(-1, tok[live][:, None])[:, 0].tolist()
-            for j, t, logp in zip(live, tok[live].tolist(), lp):
+            if len(live) < len(rows):  # finished rows ride along until the next compaction
+                live_t = torch.tensor(live, device=device)
+                new = sample_rows(logits[live_t], cfg, [gens[rows[j]] for j in live])
+                lp = torch.log_softmax(logits[live_t], -1).gather(-1, new[:, None])[:, 0]
+                tok = torch.full((len(rows),), self.tokenizer.pad_id, dtype=torch.long, device=device)
+                tok[live_t] = new
+            else:
+                new = tok = sample_rows(logits, cfg, [gens[r] for r in rows])
+                lp = torch.log_softmax(logits, -1).gather(-1, new[:, None])[:, 0]
+            for j, t, logp in zip(live, new.tolist(), lp.tolist()):
                 r = rows[j]
                 c = comps[r]
                 c.tokens.append(t)
@@ -176,8 +288,8 @@ class Generator:
                     c.select_rows(keep)
                 pad, tok = pad[keep], tok[keep]
                 rows, done = [rows[j] for j in live], [False] * len(live)
-            # (until then, finished rows ride along; their outputs are ignored)
-            logits = self._decode(tok[:, None], torch.tensor([L + step], device=device), pad)
+                self._use_matmul_dtype(len(rows))
+            logits = self._decode(tok[:, None], torch.tensor([L + step], device=device), pad, L + step + 1)
         for c in comps:
             c.text = self._text(c, cfg)
         return [comps[p * n:(p + 1) * n] for p in range(P)]
@@ -193,10 +305,6 @@ class Generator:
             if s in text:
                 text = text[:text.index(s)]
         return text
-
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -218,13 +326,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="compile the decode step with torch.compile")
+    ap.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="auto",
+                    help="precision of the weight matmuls (auto: the faster of the weights' dtype and "
+                         "bfloat16, measured)")
     args = ap.parse_args(argv)
 
     ckpt = resolve(args.model)
     tok = Tokenizer(ckpt)
     model = load_model(ckpt, DTYPES[args.dtype], args.device)
     text = render(args.prompt, PromptConfig(template="chat", think=args.think)) if args.chat else args.prompt
-    gen = Generator(model, tok, compile=args.compile, batch_size=1)
+    gen = Generator(model, tok, compile=args.compile, batch_size=1, matmul_dtype=args.matmul_dtype)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     emitted: list[int] = []
     shown = ""

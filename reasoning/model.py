@@ -9,6 +9,12 @@ Design choices:
 - Batches of prompts of different lengths are left-padded: `pad[b]` counts row b's padding.
   Rotary positions start at 0 after the padding, and attention never looks at padded keys, so
   a row's logits do not depend on what else is in the batch.
+- Decode attends only to the filled prefix of the cache (`kv_len`), and grouped-query attention
+  shares each K/V head with its query heads inside SDPA (`enable_gqa`) instead of copying the
+  cache `n_heads / n_kv_heads` times per step: both costs grow with the context.
+- The weights stay in the model's dtype (fp32: exact, the training copy); `set_matmul_dtype`
+  makes the Linear layers multiply by cached copies in another dtype, so generation can use
+  bf16 matmuls where they are faster on the hardware (see generate.py) without a second model.
 - `forward(idx)` without `input_pos` is the training/scoring path: full causal attention, no
   cache, optional gradient checkpointing per block.
 """
@@ -35,6 +41,38 @@ class RMSNorm(nn.Module):
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
+
+
+class Linear(nn.Linear):
+    """Bias-free nn.Linear that can multiply by a copy of its weight in another dtype.
+
+    The copy is made on first use and re-made only when the weight changes (its storage or its
+    version counter, which optimizer steps bump), so a model trained between generations never
+    decodes with stale weights. (Weights created under inference_mode have no version counter:
+    they cannot be trained, and only their storage is checked.)
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+        self.compute_weight: Tensor | None = None  # None: multiply by self.weight itself
+        self._copy: Tensor | None = None
+        self._copy_key: tuple | None = None
+
+    def weight_as(self, dtype: torch.dtype) -> Tensor:
+        w = self.weight
+        if w.dtype == dtype:
+            return w
+        key = (dtype, w.device, w.data_ptr(), None if w.is_inference() else w._version)
+        if self._copy_key != key:
+            self._copy, self._copy_key = None, None  # free the old copy before making the new one
+            self._copy, self._copy_key = w.detach().to(dtype), key
+        return self._copy
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.compute_weight
+        if w is None:
+            return F.linear(x, self.weight)
+        return F.linear(x.to(w.dtype), w).to(x.dtype)  # activations (residual stream) keep their dtype
 
 
 class KVCache(nn.Module):
@@ -80,10 +118,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.q_proj = Linear(cfg.hidden_size, self.n_heads * self.head_dim)
+        self.k_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim)
+        self.v_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim)
+        self.o_proj = Linear(self.n_heads * self.head_dim, cfg.hidden_size)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.kv_cache: KVCache | None = None
@@ -97,22 +135,21 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        rep = self.n_heads // self.n_kv
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, S, D)
+            S = mask.shape[-1]  # attend to the filled prefix of the cache only
+            k, v = k[:, :, :S].to(q.dtype), v[:, :, :S].to(q.dtype)  # (B, H_kv, S, D)
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
@@ -139,7 +176,7 @@ class Qwen3(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False
@@ -169,7 +206,10 @@ class Qwen3(nn.Module):
 
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None) -> None:
         """Allocate static KV caches (re-used when they already fit exactly)."""
-        if (max_batch_size, max_seq_length) == (self.max_batch_size, self.max_seq_length):
+        cache = self.layers[0].self_attn.kv_cache
+        # Reuse only if the buffers still have every row: generation compacts finished rows away.
+        if (max_batch_size, max_seq_length) == (self.max_batch_size, self.max_seq_length) \
+                and cache is not None and cache.k_cache.shape[0] == max_batch_size:
             return
         dtype = dtype or self.embed_tokens.weight.dtype
         self.max_batch_size, self.max_seq_length = max_batch_size, max_seq_length
@@ -178,15 +218,29 @@ class Qwen3(nn.Module):
             a.kv_cache = KVCache(max_batch_size, max_seq_length, a.n_kv, a.head_dim, dtype, self.device)
         self._ensure_rope(max_seq_length)
 
+    def set_matmul_dtype(self, dtype: torch.dtype | None) -> None:
+        """Linear layers multiply by cached `dtype` copies of their weights (None: by the weights).
+
+        Activations, norms, attention and the KV cache keep the model's dtype; only the weight
+        matmuls change precision. Switching back to None keeps the copies for the next switch.
+        """
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.compute_weight = None if dtype is None else m.weight_as(dtype)
+                if m.compute_weight is m.weight:
+                    m.compute_weight = None  # same dtype: nothing to change
+
     def kv_caches(self) -> list[KVCache]:
         return [layer.self_attn.kv_cache for layer in self.layers]
 
     def forward(self, idx: Tensor, input_pos: Tensor | None = None, pad: Tensor | None = None,
-                last_only: bool = False) -> Tensor:
+                last_only: bool = False, kv_len: int | None = None) -> Tensor:
         """Logits (B, T, V) in fp32, or (B, 1, V) with `last_only`.
 
         idx: (B, T) token ids. input_pos: (T,) cache positions (None: no cache, causal over idx).
         pad: (B,) number of left-padding tokens per row (cached path only).
+        kv_len: attend to cache positions [0, kv_len) only, which must cover input_pos
+        (default: the whole cache; the unwritten part is masked out either way).
         """
         B, T = idx.shape
         x = self.embed_tokens(idx)
@@ -195,7 +249,7 @@ class Qwen3(nn.Module):
             pos = torch.arange(T, device=idx.device).expand(B, T)
             mask = None
         else:
-            S = self.max_seq_length
+            S = self.max_seq_length if kv_len is None else kv_len
             pad = torch.zeros(B, dtype=torch.long, device=idx.device) if pad is None else pad
             pos = (input_pos[None, :] - pad[:, None]).clamp(min=0)  # (B, T) rotary positions
             k_idx = torch.arange(S, device=idx.device)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reasoning.generate import Generator, SamplingConfig, main, sample_rows
+from reasoning.generate import (NUCLEUS_PREFIX, Generator, SamplingConfig, fastest_matmul_dtype, main,
+                                sample_rows)
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model
 
@@ -51,6 +52,16 @@ def test_rows_that_stop_early_leave_the_batch_unchanged(gen, monkeypatch):
     assert stopped[0][0].finish_reason == "stop" and len(stopped[0][0].tokens) <= 4
 
 
+def test_calls_after_a_compacted_batch_reuse_caches_safely(gen):
+    """A batch whose rows stop early shrinks the caches; the next same-shape call must re-allocate."""
+    cfg = SamplingConfig(max_new_tokens=20, temperature=1.0, stop_strings=("e",))
+    first = [gen.generate([f"What is {i}+{j}?" for j in range(4)], cfg, seeds=[10 * i + j for j in range(4)])
+             for i in range(3)]
+    again = [gen.generate([f"What is {i}+{j}?" for j in range(4)], cfg, seeds=[10 * i + j for j in range(4)])
+             for i in range(3)]
+    assert [[c.tokens for [c] in b] for b in first] == [[c.tokens for [c] in b] for b in again]
+
+
 def test_seeds_reproduce_samples_whatever_the_batch(gen):
     cfg = SamplingConfig(max_new_tokens=16, temperature=1.0, top_p=0.95)
     batch = gen.generate(PROMPTS, cfg, n=3, seeds=[10, 11, 12])
@@ -64,8 +75,8 @@ def test_seeds_reproduce_samples_whatever_the_batch(gen):
 
 
 def test_sampling_filters():
-    logits = torch.tensor([[0.0, 3.0, 2.9, -1.0]] * 200)
-    gens = [torch.Generator().manual_seed(i) for i in range(200)]
+    logits = torch.tensor([[0.0, 3.0, 2.9, -1.0]] * 1000)
+    gens = [torch.Generator().manual_seed(i) for i in range(1000)]
     top1 = sample_rows(logits, SamplingConfig(temperature=1.0, top_k=1), gens)
     assert (top1 == 1).all()
     top2 = sample_rows(logits, SamplingConfig(temperature=1.0, top_k=2), gens)
@@ -78,6 +89,53 @@ def test_sampling_filters():
     assert (sample_rows(logits, SamplingConfig(), gens) == 1).all()  # greedy
 
 
+def test_sampling_frequencies_follow_the_distribution():
+    p = torch.tensor([0.1, 0.6, 0.3])
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    picks = sample_rows(p.log().expand(4000, 3), SamplingConfig(temperature=1.0), gens)
+    assert (torch.bincount(picks, minlength=3) / 4000 - p).abs().max() < 0.03
+
+
+def test_top_p_nucleus_wider_than_the_candidate_prefix():
+    """A flat distribution's nucleus holds more than NUCLEUS_PREFIX tokens: it must not be cut."""
+    V = 4 * NUCLEUS_PREFIX
+    logits = torch.linspace(0.0, -1.0, V)[torch.randperm(V, generator=torch.Generator().manual_seed(0))]
+    probs = logits.softmax(-1)
+    sorted_p, order = probs.sort(descending=True)
+    nucleus = set(order[(sorted_p.cumsum(0) - sorted_p) < 0.6].tolist())  # reference: full sort
+    assert len(nucleus) > 1.5 * NUCLEUS_PREFIX
+    gens = [torch.Generator().manual_seed(i) for i in range(500)]
+    picks = sample_rows(logits.expand(500, V), SamplingConfig(temperature=1.0, top_p=0.6), gens).tolist()
+    assert set(picks) <= nucleus
+    rank = {t: r for r, t in enumerate(order.tolist())}
+    assert max(rank[t] for t in picks) >= NUCLEUS_PREFIX  # the tail beyond the prefix is reachable
+
+
+def test_bf16_matmuls_stay_close_to_fp32(gen):
+    low = Generator(gen.model, gen.tokenizer, batch_size=16, matmul_dtype="bfloat16")
+    cfg = SamplingConfig(max_new_tokens=16)
+    exact, approx = gen.generate(PROMPTS, cfg), low.generate(PROMPTS, cfg)
+    agree = 0
+    for [a], [b] in zip(exact, approx):
+        same = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), len(a.tokens))
+        agree += same
+        # while the sequences agree, so do the token probabilities, to bf16 precision
+        p_exact, p_bf16 = torch.tensor(a.logprobs[:same]).exp(), torch.tensor(b.logprobs[:same]).exp()
+        assert torch.allclose(p_bf16, p_exact, rtol=0, atol=0.05)
+    assert agree >= 0.5 * sum(len(a.tokens) for [a] in exact)
+    assert all(m.compute_weight is None for m in gen.model.modules() if hasattr(m, "compute_weight"))
+    assert exact == gen.generate(PROMPTS, cfg)  # the model is back to exact fp32 afterwards
+
+
+def test_auto_matmul_dtype_is_measured_and_valid(gen):
+    assert fastest_matmul_dtype(gen.model, 1) in (None, torch.bfloat16)
+    auto = Generator(gen.model, gen.tokenizer, batch_size=16, matmul_dtype="auto")
+    [[c]] = auto.generate([PROMPTS[0]], SamplingConfig(max_new_tokens=8))
+    assert len(c.tokens) == 8 or c.finish_reason == "stop"
+    with pytest.raises(ValueError, match="matmul_dtype"):
+        Generator(gen.model, gen.tokenizer, matmul_dtype="int8")
+
+
 def test_stop_strings_and_streaming(gen):
     [[free]] = gen.generate([PROMPTS[0]], SamplingConfig(max_new_tokens=30))
     stop = free.text[5:8]
@@ -88,11 +146,15 @@ def test_stop_strings_and_streaming(gen):
     assert [t for _, _, t in seen] == c.tokens
 
 
-def test_compiled_decode_equals_eager(tiny_ckpt, gen):
+def test_compiled_decode_equals_eager_and_does_not_recompile_per_token(tiny_ckpt, gen):
+    from torch._dynamo.utils import counters
     compiled = Generator(load_model(tiny_ckpt), Tokenizer(tiny_ckpt), compile=True, batch_size=16)
     cfg = SamplingConfig(max_new_tokens=12)
     assert [[c.tokens for c in p] for p in compiled.generate(PROMPTS, cfg)] == \
            [[c.tokens for c in p] for p in gen.generate(PROMPTS, cfg)]
+    graphs = counters["stats"]["unique_graphs"]
+    compiled.generate(PROMPTS, SamplingConfig(max_new_tokens=24))  # new positions, same cache shape
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_bad_input_is_refused(gen):

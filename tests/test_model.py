@@ -58,15 +58,17 @@ def test_sharded_round_trip(tmp_path, tiny_tokenizer_path):
         assert k == k2 and torch.equal(v, v2)
 
 
-def test_cached_decode_equals_full_forward(tiny_ckpt):
+@pytest.mark.parametrize("prefix_only", [False, True])
+def test_cached_decode_equals_full_forward(tiny_ckpt, prefix_only):
     model = load_model(tiny_ckpt)
     idx = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = model(idx)
         model.setup_caches(2, 64)
-        step = [model(idx[:, :5], torch.arange(5))]
+        # prefix_only: attend to the written cache positions only (kv_len), as generation does
+        step = [model(idx[:, :5], torch.arange(5), kv_len=5 if prefix_only else None)]
         for t in range(5, 12):
-            step.append(model(idx[:, t:t + 1], torch.tensor([t])))
+            step.append(model(idx[:, t:t + 1], torch.tensor([t]), kv_len=t + 1 if prefix_only else None))
     assert torch.allclose(torch.cat(step, 1), full, atol=1e-4)
 
 
@@ -89,6 +91,42 @@ def test_low_precision_close_to_fp32(tiny_ckpt, dtype):
         ref, low = load_model(tiny_ckpt)(idx), load_model(tiny_ckpt, dtype=dtype)(idx)
     assert low.dtype == torch.float32  # logits always come back in fp32
     assert (ref.softmax(-1) - low.softmax(-1)).abs().max() < 0.05
+
+
+def test_bf16_matmuls_close_to_fp32_and_weights_untouched(tiny_ckpt):
+    model = load_model(tiny_ckpt)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    idx = torch.randint(0, 320, (2, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = model(idx)
+        model.set_matmul_dtype(torch.bfloat16)
+        low = model(idx)
+        model.set_matmul_dtype(None)
+        again = model(idx)
+    assert low.dtype == torch.float32 and not torch.equal(low, ref)  # the bf16 copies were used...
+    assert (ref.softmax(-1) - low.softmax(-1)).abs().max() < 0.05  # ...within bf16 rounding
+    assert torch.equal(again, ref)  # and switching back is exact
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_bf16_copies_follow_weight_updates(tiny_ckpt):
+    """An optimizer step between generations (as in RL) must not leave stale low-precision copies."""
+    model = load_model(tiny_ckpt)
+    idx = torch.randint(0, 320, (1, 8), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        model.set_matmul_dtype(torch.bfloat16)
+        old = model(idx)
+        model.set_matmul_dtype(None)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(idx).logsumexp(-1).mean().backward()
+    opt.step()
+    with torch.no_grad():
+        ref = model(idx)
+        model.set_matmul_dtype(torch.bfloat16)
+        new = model(idx)
+    assert (new.softmax(-1) - ref.softmax(-1)).abs().max() < 0.05
+    assert (new.softmax(-1) - old.softmax(-1)).abs().max() > 0.05  # the update moved the outputs
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, tiny_tokenizer_path):

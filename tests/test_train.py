@@ -1,0 +1,225 @@
+"""The generic training loop: schedule, masking, accumulation, resume and DDP equivalence."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from reasoning.config import ModelConfig
+from reasoning.model import Qwen3
+from reasoning.train import (
+    TrainConfig, collate, epoch_batches, filter_examples, latest_checkpoint, lr_at, train, validation_loss,
+)
+from reasoning.weights import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ModelConfig(64, 32, 2, 4, 2, 8, 64, rope_theta=10_000.0, max_position_embeddings=128)
+CFG = TrainConfig(lr=3e-3, warmup_steps=2, batch_size=8, micro_batch_size=4, max_len=32, device="cpu",
+                  dtype="float32", seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second thread costs more than it saves, and on a busy machine far more."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_model(seed: int = 0) -> Qwen3:
+    model = Qwen3(SMALL)
+    model.init_weights(seed)
+    return model
+
+
+def make_examples(n: int, seed: int = 0, masked_prefix: bool = False) -> list[tuple[list[int], list[int]]]:
+    """Counting sequences (learnable) of varied length; optionally the first 3 tokens are prompt."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        start, step, length = rng.randrange(60), rng.randint(1, 3), rng.randint(5, 20)
+        tokens = [(start + step * k) % 60 for k in range(length)]
+        mask = [0] * 3 + [1] * (length - 3) if masked_prefix else [1] * length
+        out.append((tokens, mask))
+    return out
+
+
+def weights(model: Qwen3) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}  # clones: tied weights unshared
+
+
+def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    worst = max((x - b[k]).abs().max().item() for k, x in a.items())
+    assert worst <= atol, f"max weight difference {worst:g} > {atol:g}"
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=4)
+    lrs = [lr_at(s, cfg, 20) for s in range(20)]
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))  # strictly decaying after warmup
+    mid = 4 + (19 - 4) / 2  # cosine midpoint: halfway between peak and floor
+    assert lr_at(int(mid), cfg, 20) > 0.55 > lr_at(int(mid) + 1, cfg, 20)
+    assert lr_at(0, TrainConfig(lr=2.0, warmup_steps=0), 10) == pytest.approx(2.0)
+
+
+def test_bad_config_and_examples_fail_clearly():
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        TrainConfig(min_lr_ratio=1.5)
+    with pytest.raises(ValueError, match="loss-mask"):
+        filter_examples([([1, 2, 3], [1, 1])], 10)
+    kept, dropped = filter_examples([([1, 2, 3], [1, 1, 1]), (list(range(40)), [1] * 40), ([1, 2], [1, 0])], 32)
+    assert (len(kept), dropped) == (1, 2)  # too long; no target after the first token
+    with pytest.raises(ValueError, match="lower batch_size"):
+        train(make_model(), make_examples(4), CFG, "/nonexistent-never-written")
+
+
+def test_epoch_batches_cover_the_data_once_grouped_by_length():
+    lengths = [random.Random(i).randint(2, 50) for i in range(103)]
+    batches = epoch_batches(lengths, 10, seed=1, epoch=0, bucket_batches=5)
+    flat = [i for b in batches for i in b]
+    assert len(batches) == 10 and len(flat) == len(set(flat)) == 100  # last partial batch dropped
+    assert batches == epoch_batches(lengths, 10, seed=1, epoch=0, bucket_batches=5)
+    assert batches != epoch_batches(lengths, 10, seed=1, epoch=1, bucket_batches=5)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    unsorted = epoch_batches(lengths, 10, seed=1, epoch=0, bucket_batches=1)
+    assert spread < sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in unsorted) / 2
+
+
+def test_loss_counts_only_unmasked_targets_and_padding_is_invisible():
+    model = make_model()
+    examples = make_examples(5, masked_prefix=True)
+    batch = collate(examples, range(5), torch.device("cpu"))
+    got = validation_loss(model, examples, micro_batch_size=2, device=torch.device("cpu"))
+    losses = []
+    for tokens, mask in examples:  # one unpadded sequence at a time, by hand
+        logits = model(torch.tensor([tokens[:-1]]))[0]
+        ce = F.cross_entropy(logits, torch.tensor(tokens[1:]), reduction="none")
+        losses += [c for c, m in zip(ce.tolist(), mask[1:]) if m]
+    assert batch[2].sum().item() == len(losses)
+    assert got == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+
+
+def test_masked_tokens_do_not_change_the_update(tmp_path):
+    """Trailing masked tokens are never targets, and causality hides them from earlier targets."""
+    base = make_examples(16)
+    noisy = []
+    for i, (tokens, _) in enumerate(base):
+        tail = [(7 * i + k) % 60 for k in range(3)]
+        noisy.append((tokens + tail, [1] * len(tokens) + [0] * 3))
+    a, b = make_model(), make_model()
+    cfg = TrainConfig(lr=1e-2, batch_size=8, micro_batch_size=8, max_len=32, device="cpu", dtype="float32",
+                      max_steps=2, bucket_batches=1)
+    train(a, base, cfg, tmp_path / "a")
+    train(b, noisy, cfg, tmp_path / "b")
+    assert_close(weights(a), weights(b), atol=2e-5)  # Adam turns rounding noise into ~1e-6
+
+
+def test_training_lowers_loss_and_reports_metrics(tmp_path):
+    model, data, val = make_model(), make_examples(64), make_examples(16, seed=1)
+    logged: list[tuple[int, dict]] = []
+    before = validation_loss(model, val, 8, torch.device("cpu"))
+    out = train(model, data, TrainConfig(**{**CFG.__dict__, "epochs": 4, "lr": 1e-2}), tmp_path, val,
+                log=lambda s, m: logged.append((s, m)))
+    steps = [m for _, m in logged if "loss" in m]
+    assert out["steps"] == len(steps) == 32 and out["examples"] == 64 and out["dropped"] == 0
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "step_time", "epoch"} <= steps[0].keys()
+    assert [s for s, m in logged if "val_loss" in m] == [8, 16, 24, 32]  # once per epoch
+    assert out["val_loss"] < 0.6 * before
+    assert sum(m["loss"] for m in steps[-4:]) < 0.6 * sum(m["loss"] for m in steps[:4])
+    assert out["tokens_seen"] == 4 * sum(len(t) - 1 for t, _ in data)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    data = make_examples(32, masked_prefix=True)
+    a, b = make_model(), make_model()
+    cfg = TrainConfig(**{**CFG.__dict__, "max_steps": 3})
+    train(a, data, cfg, tmp_path / "a")
+    train(b, data, TrainConfig(**{**cfg.__dict__, "micro_batch_size": 1}), tmp_path / "b")
+    assert_close(weights(a), weights(b), atol=2e-5)  # Adam turns rounding noise into ~1e-6
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    data, val = make_examples(48, masked_prefix=True), make_examples(8, seed=3)
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 2, "weight_decay": 0.1, "checkpoint_every": 2})
+    straight = make_model()
+    full = train(straight, data, cfg, tmp_path / "straight", val)
+
+    def kill_at_5(step: int, metrics: dict) -> None:
+        if step == 5 and "loss" in metrics:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(make_model(), data, cfg, tmp_path / "resumed", val, log=kill_at_5)
+    assert latest_checkpoint(tmp_path / "resumed").name == "step_00000004"
+    resumed = make_model(seed=99)  # whatever the caller starts from, the checkpoint wins
+    out = train(resumed, data, cfg, tmp_path / "resumed", val)
+    assert out["resumed_from"] == 4 and out["steps"] == full["steps"] == 12
+    assert_close(weights(straight), weights(resumed))  # bit-identical
+    assert out["val_loss"] == full["val_loss"] and out["tokens_seen"] == full["tokens_seen"]
+    # the final checkpoint is an HF-format model, and a finished run is not redone
+    assert_close(weights(load_model(latest_checkpoint(tmp_path / "resumed") / "model")), weights(straight))
+    again = train(make_model(seed=5), data, cfg, tmp_path / "resumed", val)
+    assert again["resumed_from"] == 12
+    with pytest.raises(ValueError, match="different lr, weight_decay;"):
+        train(make_model(), data, TrainConfig(**{**cfg.__dict__, "lr": 1.0, "weight_decay": 0.0}),
+              tmp_path / "resumed")
+    with pytest.raises(ValueError, match="different training data;"):
+        train(make_model(), data[:-8], cfg, tmp_path / "resumed")
+    wider = Qwen3(ModelConfig(**{**SMALL.__dict__, "intermediate_size": 96}))
+    with pytest.raises(ValueError, match="different model architecture;"):
+        train(wider, data, cfg, tmp_path / "resumed")
+
+
+DDP_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+from safetensors.torch import save_file
+from tests.test_train import CFG, make_examples, make_model, weights
+from reasoning.train import TrainConfig, train
+cfg = TrainConfig(**{{**CFG.__dict__, "max_steps": 4, "micro_batch_size": 2}})
+model = make_model()
+out = train(model, make_examples(32, masked_prefix=True), cfg, sys.argv[1], make_examples(8, seed=3))
+if os.environ["RANK"] == "0":
+    save_file(weights(model), sys.argv[2] + ".safetensors")
+    open(sys.argv[2] + ".json", "w").write(json.dumps(out))
+"""
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(root=str(ROOT))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(tmp_path / "ckpt"), str(tmp_path / "ddp")],
+        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = {"state": load_file(str(tmp_path / "ddp.safetensors")),
+           **json.loads((tmp_path / "ddp.json").read_text())}
+    single = make_model()
+    out = train(single, make_examples(32, masked_prefix=True),
+                TrainConfig(**{**CFG.__dict__, "max_steps": 4}), tmp_path / "single", make_examples(8, seed=3))
+    assert_close(ddp["state"], weights(single), atol=1e-5)
+    assert ddp["val_loss"] == pytest.approx(out["val_loss"], rel=1e-5)
+    assert not math.isclose(out["val_loss"], validation_loss(make_model(), make_examples(8, seed=3), 4,
+                                                             torch.device("cpu")), rel_tol=1e-3)
