@@ -1,0 +1,94 @@
+"""The pipeline as `dvc.yaml` declares it: stage specs and their run order.
+
+Design: `dvc.yaml` is the one description of the pipeline. The pipeline flow takes its stage
+list and order from it, and the stage flow takes from it what to track (the params a stage
+reads, its metrics, plots and outputs), so adding a stage is a `dvc.yaml` entry plus a
+`params.yaml` section, with no list in the flows to keep in step. Only what the flows need is
+parsed here; DVC itself validates the file (`dvc dag`, `dvc repro`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DVC_YAML = "dvc.yaml"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    cmd: str
+    deps: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()  # keys (dotted) of params.yaml the stage reads
+    outs: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+
+    @property
+    def produced(self) -> tuple[str, ...]:
+        """Every path the stage writes (outs, metrics, plots)."""
+        return self.outs + self.metrics + self.plots
+
+
+def _paths(entries: list[Any] | None) -> tuple[str, ...]:
+    """`- path` or `- path: {cache: false, ...}` entries -> paths."""
+    out = []
+    for e in entries or []:
+        out.extend(e if isinstance(e, dict) else [e])
+    return tuple(str(p) for p in out)
+
+
+def _params(entries: list[Any] | None, stage: str) -> tuple[str, ...]:
+    keys = []
+    for e in entries or []:
+        if isinstance(e, dict):  # {other_file.yaml: [keys]}: the flows read params.yaml only
+            raise ValueError(f"dvc.yaml stage {stage!r}: params from other files ({sorted(e)}) are not "
+                             "supported by the flows; put the stage's params in a params.yaml section")
+        keys.append(str(e))
+    return tuple(keys)
+
+
+def read_stages(root: str | Path = ".") -> dict[str, StageSpec]:
+    """The stages of `root/dvc.yaml`, in file order."""
+    path = Path(root) / DVC_YAML
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run from the repository root")
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    specs = {}
+    for name, d in stages.items():
+        if "foreach" in d or "matrix" in d:
+            raise ValueError(f"dvc.yaml stage {name!r}: foreach/matrix stages are not supported by the flows; "
+                             "write one stage per variant")
+        specs[name] = StageSpec(
+            name=name, cmd=d["cmd"], deps=_paths(d.get("deps")), params=_params(d.get("params"), name),
+            outs=_paths(d.get("outs")), metrics=_paths(d.get("metrics")), plots=_paths(d.get("plots")),
+        )
+    return specs
+
+
+def _inside(path: str, parent: str) -> bool:
+    p, q = Path(path).parts, Path(parent).parts
+    return p[: len(q)] == q
+
+
+def upstream(spec: StageSpec, specs: dict[str, StageSpec]) -> list[str]:
+    """Stages producing a path that `spec` depends on (the dep lies inside an output or contains one)."""
+    return [s.name for s in specs.values() if s.name != spec.name and any(
+        _inside(dep, out) or _inside(out, dep) for dep in spec.deps for out in s.produced)]
+
+
+def stage_order(specs: dict[str, StageSpec]) -> list[str]:
+    """Names in an order that runs every stage after its upstream stages; file order breaks ties."""
+    order: list[str] = []
+    pending = list(specs)
+    while pending:
+        ready = [n for n in pending if all(u in order for u in upstream(specs[n], specs))]
+        if not ready:
+            raise ValueError(f"dvc.yaml: stages {pending} depend on each other in a cycle")
+        order.append(ready[0])
+        pending.remove(ready[0])
+    return order

@@ -1,0 +1,80 @@
+"""Stage `load_base`: the base model as a checkpoint in our format; writes data/models/base/ (+ metadata.json).
+
+Glue only: params section -> LoadBaseConfig. `source: toy` pretrains the embedded toy world's
+base model on the train split (reasoning.toy.pretrain); `hf:<repo>[@<revision>]` or a local
+checkpoint directory is loaded with reasoning.weights and re-saved, so every later stage reads
+one format. metadata.json records the source, the resolved revision, each file's sha256 and
+the parameter count.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from reasoning.config import load_section, resolve_device
+from reasoning.data import read_dataset
+from reasoning.io import sha256_file, write_json
+from reasoning.toy.pretrain import ToyBaseConfig, build_base
+from reasoning.weights import load_model, resolve, save_model
+
+from .common import parse_args
+
+OUT = Path("data/models/base")
+TRAIN = Path("data/datasets/train.jsonl")
+METRICS = Path("data/metrics/load_base.json")
+CURVE = Path("data/plots/load_base.json")
+PROGRESS_EVERY = 100  # training steps between progress lines
+
+
+@dataclass(frozen=True)
+class LoadBaseConfig:
+    source: str = "toy"  # toy | hf:<repo>[@<revision>] | a local checkpoint directory
+    dtype: str = "auto"  # saved weights of a loaded checkpoint; auto: the dtype its config.json names
+    toy: ToyBaseConfig = ToyBaseConfig()
+
+
+def _load_and_resave(cfg: LoadBaseConfig) -> dict:
+    t0 = time.perf_counter()
+    ckpt = resolve(cfg.source)
+    hf_cfg = json.loads((ckpt / "config.json").read_text())
+    dtype_name = (hf_cfg.get("torch_dtype") or hf_cfg.get("dtype") or "float32") if cfg.dtype == "auto" else cfg.dtype
+    _, dtype = resolve_device("cpu", dtype_name)
+    model = load_model(ckpt, dtype)
+    save_model(model, OUT, tokenizer_path=ckpt / "tokenizer.json")
+    # A hub snapshot lives in .../snapshots/<commit>: that commit pins what was loaded.
+    revision = ckpt.name if ckpt.parent.name == "snapshots" else None
+    return {"params": model.config.n_params, "load_wall_s": time.perf_counter() - t0, "revision": revision,
+            "dtype": str(dtype).removeprefix("torch.")}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args("stages.load_base", __doc__, argv)
+    cfg = load_section(LoadBaseConfig, "load_base", args.params)
+    curve: list[dict] = []
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        if "loss" in metrics:  # training steps; the validation loss is a final metric (DVC plots want one shape)
+            curve.append({"step": step, **metrics})
+            if step % PROGRESS_EVERY == 0:
+                print(f"step {step}: loss {metrics['loss']:.3f}, {metrics['tokens_per_s']:.0f} tokens/s")
+
+    if cfg.source == "toy":
+        metrics, revision = build_base(read_dataset(TRAIN), OUT, cfg.toy, log=log), None
+    else:
+        metrics = _load_and_resave(cfg)
+        revision = metrics.pop("revision")
+    files = {f.name: sha256_file(f) for f in sorted(OUT.iterdir()) if f.is_file()}
+    write_json(OUT / "metadata.json", {"source": cfg.source, "revision": revision, "files": files,
+                                       "params": metrics["params"]})
+    write_json(METRICS, metrics)
+    write_json(CURVE, curve)
+    print(f"{OUT}: {metrics['params']:,} parameters from {cfg.source}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""The pipeline as a whole: dvc.yaml's declarations, and the toy pipeline end to end at a tiny size.
+
+The end-to-end tests run `python -m flows.pipeline` (what `make run` runs) in a copy of the
+repository with tiny params, with Prefect's database and the MLflow store in temporary
+directories: the first run builds everything, a second run with nothing changed does nothing,
+and a bad parameter fails with the stage's own one-line error.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reasoning.config import from_dict, load_params, load_section
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO_FILES = ("reasoning", "stages", "flows", "dvc.yaml", "params.yaml", "params", ".dvc/config",
+              ".dvc/.gitignore", ".dvcignore", ".gitignore")
+DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+STAGES = tuple(DVC_STAGES)
+
+
+def copy_repo(dest: Path) -> Path:
+    """The files the pipeline needs (no data, stores or caches), as a fresh clone would have them."""
+    for name in REPO_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def git_commit_all(repo: Path) -> None:
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+    if not (repo / ".git").exists():
+        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "snapshot"], cwd=repo, check=True)
+
+
+def stage_config_classes() -> dict:
+    from reasoning.evaluate import EvalConfig
+    from stages.final_eval import FinalEvalConfig
+    from stages.load_base import LoadBaseConfig
+    from stages.prepare_data import PrepareConfig
+
+    return {"prepare_data": PrepareConfig, "load_base": LoadBaseConfig, "evaluate": EvalConfig,
+            "final_eval": FinalEvalConfig}
+
+
+# ---------------------------------------------------------------------------------------------
+# Declarations
+
+
+def _module_file(name: str) -> Path | None:
+    p = ROOT.joinpath(*name.split("."))
+    return p.with_suffix(".py") if p.with_suffix(".py").exists() else None
+
+
+def imported_files(path: Path) -> set[str]:
+    """Project modules (reasoning/, stages/) that `path` imports, transitively; package __init__s aside."""
+    seen: set[Path] = set()
+    todo = [path]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        package = f.relative_to(ROOT).with_suffix("").parts[:-1]
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = list(package[: len(package) - node.level + 1]) if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [module] + [f"{module}.{a.name}" for a in node.names]
+            todo += [m for n in names if n.split(".")[0] in ("reasoning", "stages") and (m := _module_file(n))]
+    return {str(f.relative_to(ROOT)) for f in seen}
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_stage_deps_cover_every_module_it_imports(name):
+    spec = DVC_STAGES[name]
+    deps = spec["deps"]
+    missing = [m for m in sorted(imported_files(ROOT / "stages" / f"{name}.py"))
+               if not any(m == d or m.startswith(d.rstrip("/") + "/") for d in deps)]
+    assert not missing, f"dvc.yaml stage {name} lacks deps {missing}: a change there would not rerun it"
+    assert spec["cmd"].startswith(f"python -m flows.stage {name}")
+    assert spec["params"][0] == name
+
+
+def test_final_eval_depends_on_every_model_it_compares():
+    deps = DVC_STAGES["final_eval"]["deps"]
+    for params_file in ("params.yaml", "params/real.yaml"):
+        models = load_params(ROOT / params_file)["final_eval"]["models"]
+        assert set(models.values()) <= set(deps), f"{params_file}: add each final_eval model dir to its deps"
+
+
+def test_both_worlds_set_every_param_the_stages_read():
+    from flows.tracking import lookup
+
+    toy, real = load_params(ROOT / "params.yaml"), load_params(ROOT / "params/real.yaml")
+    assert set(toy) == set(real) == set(STAGES) | {"tracking", "pipeline"}
+    for name, spec in DVC_STAGES.items():
+        for key in spec.get("params", []):
+            lookup(toy, key), lookup(real, key)  # raises KeyError naming the key
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "params/real.yaml"])
+def test_params_sections_parse_into_their_configs(params_file):
+    from flows.pipeline import PipelineConfig
+    from flows.tracking import TrackingConfig
+
+    params = load_params(ROOT / params_file)
+    for section, cls in stage_config_classes().items():
+        load_section(cls, section, ROOT / params_file)
+    from_dict(TrackingConfig, params["tracking"])
+    from_dict(PipelineConfig, params["pipeline"])
+
+
+def test_real_world_settings():
+    real = {s: load_section(c, s, ROOT / "params/real.yaml") for s, c in stage_config_classes().items()}
+    assert real["prepare_data"].world == "sources" and "MATH-500" in real["prepare_data"].test.source
+    assert real["load_base"].source.startswith("hf:Qwen/Qwen3-0.6B")
+    assert real["evaluate"].sampling.temperature == 0 and real["evaluate"].sampling.max_new_tokens == 2048
+    assert real["evaluate"].prompt.template == "base"
+
+
+def test_prepare_data_sources_world_removes_overlap(tmp_path, monkeypatch):
+    """The real world's path on local files: MATH-500 rows leave the training split."""
+    from reasoning.io import read_jsonl, write_jsonl
+    from stages import prepare_data
+
+    def row(i):
+        return {"unique_id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i),
+                "solution": "", "level": 1, "subject": "Algebra"}
+
+    write_jsonl(tmp_path / "test.jsonl", [row(i) for i in range(3)])
+    write_jsonl(tmp_path / "train.jsonl", [row(i) for i in range(2, 10)])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"prepare_data": {
+        "world": "sources", "test": {"source": str(tmp_path / "test.jsonl")},
+        "train": {"source": str(tmp_path / "train.jsonl")}}}))
+    monkeypatch.chdir(tmp_path)
+    metrics = prepare_data.main([])
+    assert metrics == {"train_rows": 7, "test_rows": 3, "dropped_overlap": 1, "skipped_train": 0, "skipped_test": 0}
+    assert [r["id"] for r in read_jsonl("data/datasets/train.jsonl")] == [f"p{i}" for i in range(3, 10)]
+    assert json.loads(Path("data/datasets/train.meta.json").read_text())["dropped_overlap"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end, tiny
+
+
+# Tiny settings for the end-to-end run; a new stage adds its own here.
+TINY = {
+    "prepare_data": {"world": "toy", "toy": {"n_train": 200, "n_test": 16, "seed": 0}},
+    "load_base": {"source": "toy", "toy": {
+        "vocab_size": 300, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "head_dim": 16, "intermediate_size": 64,
+        "train": {"lr": 3e-3, "max_steps": 8, "batch_size": 16, "micro_batch_size": 16, "max_len": 256}}},
+}
+
+
+class Toy:
+    def __init__(self, tmp: Path):
+        self.repo = copy_repo(tmp / "repo")
+        params = load_params(self.repo / "params.yaml")
+        params.update(TINY)
+        params["evaluate"].update(batch_size=16, sampling={"max_new_tokens": 24, "temperature": 0.0})
+        (self.repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        git_commit_all(self.repo)
+        self.mlflow_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+        self.env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "MLFLOW_TRACKING_URI": self.mlflow_uri}
+        self.env.pop("PREFECT_API_URL", None)
+
+    def run(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=self.repo, env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def dvc(self, *args: str) -> subprocess.CompletedProcess:
+        return self.run("-m", "dvc", *args)
+
+    def mlflow(self):
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri=self.mlflow_uri)
+
+
+def stages_line(out: str) -> str:
+    """The pipeline's summary line: `Stages: prepare_data ran (3 s), ...`."""
+    [line] = [ln for ln in out.splitlines() if ln.startswith("Stages: ")]
+    return line
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    toy = Toy(tmp_path_factory.mktemp("toy"))
+    toy.first = toy.run("-m", "flows.pipeline")
+    assert toy.first.returncode == 0, toy.first.stdout[-3000:] + toy.first.stderr[-3000:]
+    return toy
+
+
+def test_first_run_builds_every_stage_and_prints_the_table(toy):
+    out = toy.first.stdout
+    assert all(f"{s} ran (" in stages_line(out) for s in STAGES)
+    table = (toy.repo / "data/final/table.md").read_text()
+    assert table in out and "| base |" in table
+    assert out.rstrip().endswith("source .venv/bin/activate)")
+    for hint in ("dvc metrics show", "mlflow ui", "prefect server start", "python -m flows.tracking"):
+        assert hint in out.split("Where to look next:")[1]
+    for f in ("table.csv", "chart.png", "metrics.json", "records/base.jsonl"):
+        assert (toy.repo / "data/final" / f).stat().st_size > 0
+    assert (toy.repo / "data/final/chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    final = json.loads((toy.repo / "data/final/metrics.json").read_text())
+    base = json.loads((toy.repo / "data/eval/base/metrics.json").read_text())
+    assert final["models"]["base"]["n"] == base["n"] == 16
+    assert final["models"]["base"]["accuracy"] == base["accuracy"]  # same model, settings, split
+
+
+def test_dvc_graph_is_valid_and_up_to_date(toy):
+    dag = toy.dvc("dag")
+    assert dag.returncode == 0 and all(s in dag.stdout for s in STAGES)
+    status = toy.dvc("status")
+    assert status.returncode == 0 and "Data and pipelines are up to date." in status.stdout
+
+
+def test_dvc_metrics_and_plots_show(toy):
+    shown = toy.dvc("metrics", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    [workspace] = json.loads(shown.stdout).values()  # one revision: the workspace
+    metrics = workspace["data"]
+    assert metrics["data/final/metrics.json"]["data"]["models"]["base"]["n"] == 16
+    assert metrics["data/metrics/load_base.json"]["data"]["steps"] == 8
+    plots = toy.dvc("plots", "show")
+    assert plots.returncode == 0 and "WARNING" not in plots.stdout + plots.stderr, plots.stderr
+    assert (toy.repo / "dvc_plots/index.html").exists()
+
+
+def test_mlflow_has_every_stage_run_and_the_base_model(toy):
+    client = toy.mlflow()
+    exp = client.get_experiment_by_name("reasoning-pipeline")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["stage"] for r in runs) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" and len(r.data.tags["git_commit"]) >= 40 for r in runs)
+    [lb] = [r for r in runs if r.data.tags["stage"] == "load_base"]
+    assert [m.step for m in client.get_metric_history(lb.info.run_id, "load_base.loss")] == list(range(1, 9))
+    v = client.get_model_version_by_alias("reasoning-pipeline", "base")
+    assert v.run_id == lb.info.run_id and int(v.version) == 1
+    final = json.loads((toy.repo / "data/final/metrics.json").read_text())["models"]["base"]
+    assert float(v.tags["final_eval.accuracy"]) == pytest.approx(final["accuracy"])
+
+
+def test_second_run_with_nothing_changed_does_nothing(toy):
+    lock = (toy.repo / "dvc.lock").read_bytes()
+    client = toy.mlflow()
+    exp = client.get_experiment_by_name("reasoning-pipeline")
+    n_runs = len(client.search_runs([exp.experiment_id]))
+    again = toy.run("-m", "flows.pipeline")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all(f"{s} unchanged (" in stages_line(again.stdout) for s in STAGES)
+    assert "Running stage" not in again.stdout
+    assert (toy.repo / "dvc.lock").read_bytes() == lock
+    assert len(client.search_runs([exp.experiment_id])) == n_runs
+    assert (toy.repo / "data/final/table.md").read_text() in again.stdout
+
+
+def test_stage_failure_surfaces_its_own_message(toy):
+    params_path = toy.repo / "params.yaml"
+    good = params_path.read_text()
+    params = yaml.safe_load(good)
+    params["load_base"]["bogus"] = 1
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        failed = toy.run("-m", "flows.pipeline")
+    finally:
+        params_path.write_text(good)
+    assert failed.returncode == 1
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: pipeline failed: stage 'load_base' failed: ValueError: "
+                           "params.yaml:load_base: unknown key(s) ['bogus']")
+    everything = failed.stdout + failed.stderr
+    assert "flow_engine.py" not in everything and "task_engine.py" not in everything
+    assert "Retry" not in everything  # a stage's own error is not retried
