@@ -10,17 +10,19 @@ reasoning.evaluate and reasoning.metrics.compare_records.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reasoning.config import load_section, resolve_device, stable_hash
+from reasoning.config import from_dict, load_section, resolve_device, stable_hash
 from reasoning.data import read_dataset
 from reasoning.evaluate import EvalConfig, evaluate
 from reasoning.generate import Generator
-from reasoning.io import atomic_write_bytes, atomic_write_text, sha256_file, write_json
+from reasoning.io import atomic_write_bytes, atomic_write_text, read_json, sha256_file, write_json
 from reasoning.metrics import compare_records
+from reasoning.prompts import PromptConfig
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model
 
@@ -45,7 +47,16 @@ class FinalEvalConfig:
                              f"{sorted(self.models)}")
 
 
+def model_eval_config(path: Path, cfg: EvalConfig) -> EvalConfig:
+    """The shared settings, with the prompt a model was trained for when its metadata.json names one
+    (the sft and grpo stages record it): each model is measured the way it is meant to be used."""
+    meta = path / "metadata.json"
+    prompt = read_json(meta).get("prompt") if meta.exists() else None
+    return dataclasses.replace(cfg, prompt=from_dict(PromptConfig, prompt)) if prompt else cfg
+
+
 def evaluate_model(path: Path, problems: list[dict], cfg: EvalConfig, records: Path) -> tuple[list, dict]:
+    cfg = model_eval_config(path, cfg)
     device, dtype = resolve_device(cfg.device, cfg.dtype)
     model = load_model(path, dtype, device)
     generator = Generator(model, Tokenizer(path), compile=cfg.compile, batch_size=cfg.batch_size)
