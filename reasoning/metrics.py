@@ -66,14 +66,13 @@ def avg_at_n(correct_per_problem: Sequence[Sequence[bool]]) -> float:
     return sum(sum(map(bool, s)) / len(s) for s in correct_per_problem) / len(correct_per_problem)
 
 
-def majority_answer(
+def answer_classes(
     answers: Sequence[str | None], equivalent: Callable[[str, str], bool] | None = None
-) -> int | None:
-    """Index of the first sample of the most frequent answer class, or None if no answer was given.
+) -> list[list[int]]:
+    """Sample indices grouped into classes of equivalent answers, in order of first appearance.
 
-    Samples with no extracted answer (None or "") do not vote. Answers are grouped by
-    `equivalent` against each class's first member (default: exact string equality); a tie goes
-    to the class seen first.
+    Samples with no extracted answer (None or "") are left out. Answers are compared with
+    `equivalent` against each class's first member (default: exact string equality).
     """
     same = equivalent or (lambda a, b: a == b)
     classes: list[list[int]] = []  # sample indices; classes[j][0] is the representative
@@ -86,6 +85,17 @@ def majority_answer(
                 break
         else:
             classes.append([i])
+    return classes
+
+
+def majority_answer(
+    answers: Sequence[str | None], equivalent: Callable[[str, str], bool] | None = None
+) -> int | None:
+    """Index of the first sample of the most frequent answer class, or None if no answer was given.
+
+    Classes as in `answer_classes`; a tie goes to the class seen first.
+    """
+    classes = answer_classes(answers, equivalent)
     if not classes:
         return None
     best = max(classes, key=len)  # max keeps the first of equal counts: first occurrence wins

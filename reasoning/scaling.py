@@ -51,7 +51,7 @@ from .evaluate import grade_record, metrics_from_records, problem_seed
 from .generate import Completion, SamplingConfig
 from .grading import answers_equivalent, extract_answer
 from .io import JsonlAppender, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
-from .metrics import compare_records, mean_pass_at_k
+from .metrics import answer_classes, compare_records, mean_pass_at_k
 from .prompts import PromptConfig, render
 
 Aggregate = Literal["single", "majority", "best_of_n", "refine"]
@@ -192,20 +192,9 @@ def sample_score(sample: dict[str, Any], scorer: str) -> float:
     raise ValueError(f"scorer {scorer!r} does not score samples; use one of {', '.join(SCORERS[1:])}")
 
 
-def answer_classes(answers: Sequence[str | None]) -> list[list[int]]:
-    """Sample indices grouped by grader-equivalent answers, in order of first appearance;
-    samples without an answer are left out."""
-    classes: list[list[int]] = []
-    for i, ans in enumerate(answers):
-        if not ans:
-            continue
-        for members in classes:
-            if answers_equivalent(ans, answers[members[0]]):
-                members.append(i)
-                break
-        else:
-            classes.append([i])
-    return classes
+def grader_classes(answers: Sequence[str | None]) -> list[list[int]]:
+    """Sample indices grouped by grader-equivalent answers (metrics.answer_classes with the grader)."""
+    return answer_classes(answers, lambda a, b: bool(answers_equivalent(a, b)))
 
 
 def vote(answers: Sequence[str | None], scores: Sequence[float] | None = None) -> int | None:
@@ -214,7 +203,7 @@ def vote(answers: Sequence[str | None], scores: Sequence[float] | None = None) -
     Equally large classes are separated by the mean of `scores` over their members (when given),
     then by first appearance.
     """
-    classes = answer_classes(answers)
+    classes = grader_classes(answers)
     if not classes:
         return None
     top = max(len(c) for c in classes)
