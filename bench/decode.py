@@ -388,6 +388,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, why in skipped.items():
         print(f"SKIP {name}: {why}")
     load = [os.getloadavg()[0]]
+    if args.threads > 1 and load[0] > 0.5:
+        print(f"WARNING: load average {load[0]:.1f}: other processes are running. With {args.threads} threads "
+              "every parallel op waits for its slowest thread, so timings become erratic; --threads 1 is "
+              "robust to a shared machine.")
     print(f"{args.threads} threads, {os.cpu_count()} cores, load average {load[0]:.1f}; "
           f"{common['new_tokens']} decode steps after a {PROMPT_LEN}-token prompt, median of {common['reps']}",
           flush=True)
