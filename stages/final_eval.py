@@ -4,7 +4,9 @@ Writes data/final/table.md and table.csv (accuracy, 95% Wilson interval, paired 
 difference to the baseline with its 95% bootstrap interval and McNemar's exact p-value, mean
 generated tokens, wall time), chart.png, metrics.json and each model's records. Glue only:
 params `final_eval` (which models) + `evaluate` (how: the one set of evaluation settings) ->
-reasoning.evaluate and reasoning.metrics.compare_records.
+reasoning.evaluate and reasoning.metrics.compare_records. With `scaling` set, the inference_scaling
+stage's best setting joins the table as a row "<baseline> + <setting>", read from that stage's
+records (same test split, nothing generated again).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from pathlib import Path
 
 from reasoning.config import from_dict, load_section, resolve_device, stable_hash
 from reasoning.data import read_dataset
-from reasoning.evaluate import EvalConfig, evaluate
+from reasoning.evaluate import EvalConfig, evaluate, metrics_from_records
 from reasoning.generate import Generator
 from reasoning.io import atomic_write_bytes, atomic_write_text, read_json, sha256_file, write_json
 from reasoning.metrics import compare_records
 from reasoning.prompts import PromptConfig
+from reasoning.scaling import describe, load_best
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model
 
@@ -38,6 +41,7 @@ COLUMNS = ("model", "accuracy", "ci_low", "ci_high", "diff_vs_baseline", "diff_c
 class FinalEvalConfig:
     models: dict[str, str] = field(default_factory=lambda: {"base": "data/models/base"})  # name -> checkpoint dir
     baseline: str = "base"
+    scaling: str | None = None  # inference_scaling output dir: its best setting becomes a row; null: none
     n_boot: int = 10_000
     seed: int = 0
 
@@ -119,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for name, path in cfg.models.items():
         results[name] = evaluate_model(Path(path), problems, eval_cfg, OUT / "records" / f"{name}.jsonl")
         print(f"{name}: accuracy {results[name][1]['accuracy']:.3f} on {results[name][1]['n']} problems")
+    if cfg.scaling:
+        method, records = load_best(cfg.scaling)
+        if [r["id"] for r in records] != [str(p["id"]) for p in problems]:
+            raise ValueError(f"{cfg.scaling} was measured on other problems than {TEST}; rerun inference_scaling")
+        results[f"{cfg.baseline} + {describe(method, method.budgets[-1])}"] = (records, metrics_from_records(records))
     rows = table_rows(results, cfg)
     table = markdown(rows, cfg.baseline)
     atomic_write_text(OUT / "table.md", table)

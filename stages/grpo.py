@@ -29,7 +29,8 @@ from reasoning.data import read_dataset
 from reasoning.evaluate import EvalConfig, evaluate
 from reasoning.generate import Generator
 from reasoning.grpo import RUN_ONLY_FIELDS, GRPOConfig, train_grpo
-from reasoning.io import read_json, read_jsonl, sha256_file, write_json
+from reasoning.io import read_json, read_jsonl, sha256_file, write_json, write_jsonl
+from reasoning.metrics import compare_records
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model, resolve, save_model
 
@@ -83,11 +84,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     tok = Tokenizer(ckpt)
     model = load_model(ckpt)  # fp32 master weights; bf16 autocast per train.dtype
     generator: list[Generator] = []  # built on first use, then reused: one engine for every evaluation
+    start_records, last_records = state / "eval_start.jsonl", []  # for the paired test, start vs end
 
     def held_out_metrics(m) -> dict:
         if not generator:
             generator.append(Generator(m, tok, compile=cfg.eval.compile, batch_size=cfg.eval.batch_size))
-        return evaluate(generator[0], held_out, cfg.eval, progress=False)[1]
+        records, metrics = evaluate(generator[0], held_out, cfg.eval, progress=False)
+        if not start_records.exists():  # the first evaluation is the starting model's (kept for a resume)
+            write_jsonl(start_records, records)
+        last_records[:] = records
+        return metrics
 
     def log(step: int, m: dict) -> None:
         keys = ("reward_mean", "frac_zero_std", "completion_len_mean", "eval_accuracy")
@@ -123,12 +129,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "train_s": sum(r["step_time"] for r in steps), "prompt_hash": cfg.train.prompt.hash,
         "state_dir": str(state),
     }
+    if last_records:  # paired on the same problems: the test of "GRPO beat its starting model"
+        c = compare_records(read_jsonl(start_records), last_records)
+        metrics.update({f"paired_{k}": c[k] for k in ("diff", "ci_low", "ci_high", "p_value")})
     write_json(args.metrics, metrics)
     if not args.keep_state:
         shutil.rmtree(state)
     print(f"{args.out}: {result['steps']} GRPO steps, held-out accuracy {metrics['start_accuracy']:.3f} -> "
-          f"{metrics['accuracy']:.3f} [{metrics['ci_low']:.3f}, {metrics['ci_high']:.3f}], "
-          f"{result['wall_s']:.0f}s")
+          f"{metrics['accuracy']:.3f} [{metrics['ci_low']:.3f}, {metrics['ci_high']:.3f}]"
+          + (f", paired difference {metrics['paired_diff']:+.3f} [{metrics['paired_ci_low']:+.3f}, "
+             f"{metrics['paired_ci_high']:+.3f}], McNemar p = {metrics['paired_p_value']:.2g}"
+             if "paired_diff" in metrics else "") + f", {result['wall_s']:.0f}s")
     return metrics
 
 

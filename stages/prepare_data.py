@@ -23,8 +23,8 @@ METRICS = Path("data/metrics/prepare_data.json")
 
 @dataclass(frozen=True)
 class ToySplits:
-    n_train: int = 4000
-    n_test: int = 200
+    n_train: int = 40000
+    n_test: int = 500
     seed: int = 0
     levels: tuple[int, ...] = LEVELS
 

@@ -96,6 +96,10 @@ def test_killed_run_resumes_to_the_same_model_and_outputs(world, tiny_ckpt, monk
     evals = read_json(out / "eval.json")
     assert [e["step"] for e in evals] == [0, 2, 4] and all(e["n"] == 4 for e in evals)
     assert (straight["start_accuracy"], straight["accuracy"]) == (evals[0]["accuracy"], evals[-1]["accuracy"])
+    # start vs end, paired on the same held-out problems
+    assert straight["paired_diff"] == pytest.approx(straight["accuracy"] - straight["start_accuracy"])
+    assert straight["paired_ci_low"] <= straight["paired_diff"] <= straight["paired_ci_high"]
+    assert 0 < straight["paired_p_value"] <= 1
     start, end = weights(tiny_ckpt), weights(out / "model")
     assert max((start[k] - end[k]).abs().max().item() for k in start) > 1e-3  # training moved the weights
 
@@ -122,7 +126,7 @@ def test_killed_run_resumes_to_the_same_model_and_outputs(world, tiny_ckpt, monk
     for name in ("curve.json", "eval.json"):  # each step and evaluation logged once, with the same values
         assert untimed(world / "resumed" / name) == untimed(out / name)
     keep = ("start_accuracy", "accuracy", "ci_low", "ci_high", "n", "reward_first_tenth", "reward_last_tenth",
-            "steps")
+            "steps", "paired_diff", "paired_ci_low", "paired_ci_high", "paired_p_value")
     assert {k: resumed[k] for k in keep} == {k: straight[k] for k in keep}
 
 

@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 from reasoning.config import from_dict, load_params, load_section
+from reasoning.io import write_jsonl
+from reasoning.toy.task import make_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_FILES = ("reasoning", "stages", "flows", "dvc.yaml", "params.yaml", "params", ".dvc/config",
@@ -49,13 +51,17 @@ def git_commit_all(repo: Path) -> None:
 
 
 def stage_config_classes() -> dict:
+    from reasoning.distill import SFTConfig, TracesConfig
     from reasoning.evaluate import EvalConfig
+    from reasoning.scaling import ScalingConfig
     from stages.final_eval import FinalEvalConfig
+    from stages.grpo import GRPOStageConfig
     from stages.load_base import LoadBaseConfig
     from stages.prepare_data import PrepareConfig
 
     return {"prepare_data": PrepareConfig, "load_base": LoadBaseConfig, "evaluate": EvalConfig,
-            "final_eval": FinalEvalConfig}
+            "inference_scaling": ScalingConfig, "teacher_traces": TracesConfig, "distill_sft": SFTConfig,
+            "grpo": GRPOStageConfig, "final_eval": FinalEvalConfig}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +111,12 @@ def test_final_eval_depends_on_every_model_it_compares():
     for params_file in ("params.yaml", "params/real.yaml"):
         models = load_params(ROOT / params_file)["final_eval"]["models"]
         assert set(models.values()) <= set(deps), f"{params_file}: add each final_eval model dir to its deps"
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "params/real.yaml"])
+def test_grpo_depends_on_the_model_it_starts_from(params_file):
+    start = load_params(ROOT / params_file)["grpo"]["start_from"]
+    assert f"data/models/{start}" in DVC_STAGES["grpo"]["deps"], "grpo's dvc.yaml deps must name its start model"
 
 
 def test_both_worlds_set_every_param_the_stages_read():
@@ -169,6 +181,19 @@ TINY = {
         "vocab_size": 300, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
         "num_key_value_heads": 1, "head_dim": 16, "intermediate_size": 64,
         "train": {"lr": 3e-3, "max_steps": 8, "batch_size": 16, "micro_batch_size": 16, "max_len": 256}}},
+    "inference_scaling": {"batch_size": 32, "methods": [
+        {"name": "direct", "sampling": {"max_new_tokens": 16}},
+        {"name": "sc", "sampling": {"max_new_tokens": 16, "temperature": 0.9, "top_p": 0.9}, "n": 2,
+         "aggregate": "majority", "budgets": [1, 2]}]},
+    "distill_sft": {"think": True, "val_problems": 2, "train": {
+        "lr": 1e-3, "warmup_steps": 0, "epochs": 1, "batch_size": 8, "micro_batch_size": 8, "max_len": 256}},
+    "grpo": {"start_from": "base",
+             "eval": {"limit": 8, "batch_size": 8, "prompt": {"template": "base"},
+                      "sampling": {"max_new_tokens": 16, "temperature": 0.0}},
+             "train": {"prompt": {"template": "base"}, "num_generations": 2, "prompts_per_step": 2,
+                       "max_new_tokens": 16, "generation_batch_size": 8, "dynamic_sampling": "none",
+                       "learning_rate": 1e-4, "max_steps": 2, "micro_batch_size": 4, "eval_every": 2,
+                       "checkpoint_every": 0}},
 }
 
 
@@ -178,6 +203,14 @@ class Toy:
         params = load_params(self.repo / "params.yaml")
         params.update(TINY)
         params["evaluate"].update(batch_size=16, sampling={"max_new_tokens": 24, "temperature": 0.0})
+        # An untrained tiny model verifies no trace of its own: the tiny teacher is a file of traces
+        # written from the worked solutions (the path the book's published traces take).
+        train, _ = make_splits(200, 16, 0)
+        write_jsonl(self.repo / "tiny_traces.jsonl", [
+            {"problem": r["problem"], "message_thinking": r["solution"].rsplit("\n", 1)[0],
+             "message_content": f"\\boxed{{{r['answer']}}}"} for r in train[:24]])
+        params["teacher_traces"].update(teacher={"kind": "file", "model": "tiny_traces.jsonl"}, n=1, limit=24,
+                                        sampling={"max_new_tokens": 24, "temperature": 0.7})
         (self.repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         git_commit_all(self.repo)
         self.mlflow_uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -216,6 +249,8 @@ def test_first_run_builds_every_stage_and_prints_the_table(toy):
     assert all(f"{s} ran (" in stages_line(out) for s in STAGES)
     table = (toy.repo / "data/final/table.md").read_text()
     assert table in out and "| base |" in table
+    assert "| sft |" in table and "| grpo |" in table
+    assert "| base + " in table  # the inference_scaling stage's best setting, read from its records
     assert out.rstrip().endswith("source .venv/bin/activate)")
     for hint in ("dvc metrics show", "mlflow ui", "prefect server start", "python -m flows.tracking"):
         assert hint in out.split("Where to look next:")[1]

@@ -78,3 +78,18 @@ def test_problems_and_solutions_fit_the_tiny_model_budget(tok_path):
     assert max(problems) <= 60 and max(solutions) <= 80
     cot = [render(r["problem"], PromptConfig(cot_suffix=COT_SUFFIX)) + "\n" + r["solution"] for r in ROWS]
     assert max(len(ids) for ids in tok.encode_batch(cot)) <= 160  # a whole CoT document fits a 256 context
+
+
+def test_every_prompt_ends_on_a_token_boundary_of_its_documents(tok_path):
+    """A prompt's tokens are a prefix of the tokens of every corpus document that continues it.
+
+    Qwen's pattern glues newlines to punctuation, so "Answer:\\n" would be one token in training
+    while the prompt ends on ":"; the model would then never have seen the prompt's last token.
+    """
+    tok = Tokenizer(tok_path)
+    row = ROWS[0]
+    for cfg in (PromptConfig(), PromptConfig(cot_suffix=COT_SUFFIX)):
+        prompt = render(row["problem"], cfg)
+        for continuation in ("\n" + row["solution"], "\n\\boxed{7}", " 7"):
+            ids = tok.encode(prompt + continuation)
+            assert ids[:len(tok.encode(prompt))] == tok.encode(prompt), (cfg, continuation)
