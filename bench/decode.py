@@ -18,6 +18,8 @@ prefill rate is the prompt length over the time to the first token; each figure 
 of --reps runs after a warm-up. Ours, compared with the peers, is `ours[auto]`: fp32 weights,
 `matmul_dtype="auto"`. Unless --quick, two more variants show where the speed comes from:
 `ours[float32]` (exact fp32 matmuls) and `ours[bfloat16]` (bf16 weights, half the memory).
+With --compile, `ours[auto,compiled]` (the decode step under torch.compile, batch 1) is timed
+too and its ratios to the peers printed after the targets.
 The machine may be shared: the load average is printed before and after, and only ratios
 from one run count.
 
@@ -361,6 +363,12 @@ def summarise(results: dict[str, dict], floor: dict, report: dict) -> None:
         got = report["ratios"].get(m, {}).get(peer)
         report["targets"][label] = {"ratio": got, "need": need, "met": None if got is None else got >= need}
         print(f"target {label}: {'n/a' if got is None else f'{got:.2f}x'} (need >= {need}x)")
+    compiled = results.get("ours[auto,compiled]", {})
+    if "decode_b1" in compiled:  # the same engine with its decode step compiled (--compile)
+        report["compiled_ratios"] = {n: compiled["decode_b1"] / r["decode_b1"] for n, r in peers.items()
+                                     if "decode_b1" in r}
+        print("ours[auto,compiled]/peer decode_b1 " + ", ".join(
+            f"{n} {v:.2f}x" for n, v in report["compiled_ratios"].items()))
 
 
 def main(argv: list[str] | None = None) -> dict:
