@@ -320,8 +320,9 @@ def versions_table(params: dict[str, Any]) -> str:
         ci = f"[{float(t['final_eval.ci_low']):.3f}, {float(t['final_eval.ci_high']):.3f}]" \
             if "final_eval.ci_low" in t else "-"
         acc = f"{float(t['final_eval.accuracy']):.3f}" if "final_eval.accuracy" in t else "-"
+        p = f"{float(t['final_eval.p_value']):.2g}" if "final_eval.p_value" in t else "-"
         lines.append(f"{mv.version:>7}  {alias:<8} {t.get('stage', '-'):<12} {acc:>8}  {ci:<15} "
-                     f"{t.get('final_eval.p_value', '-'):>9}  {t.get('git_commit', '-')[:12]:<12} {t.get('path', '-')}")
+                     f"{p:>9}  {t.get('git_commit', '-')[:12]:<12} {t.get('path', '-')}")
     return "\n".join(lines)
 
 
