@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,28 +96,49 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
     golds = {pid: str(p["answer"]) for pid, p in zip(ids, problems)}
     done = _resume(Path(records_path), cfg, model_id, prompts, golds) if records_path else {}
 
-    todo = sorted((pid for pid in ids if pid not in done), key=lambda pid: len(prompts[pid]))
     # Similar prompt lengths share a batch (less padding); the order is fixed by the data alone.
+    todo = sorted((pid for pid in ids if pid not in done), key=lambda pid: len(prompts[pid]))
+
+    def work(batch: list[str]) -> dict[str, dict[str, Any]]:
+        t0 = time.perf_counter()
+        outs = generator.generate([prompts[pid] for pid in batch], cfg.sampling,
+                                  seeds=[problem_seed(pid, cfg.seed) for pid in batch])
+        share = (time.perf_counter() - t0) / len(batch)
+        return {pid: grade_record({
+            "id": pid, "prompt": prompts[pid], "completion": c.text, "gold": golds[pid],
+            "generated_tokens": len(c.tokens), "truncated": c.truncated, "seconds": share,
+            "config_hash": cfg.hash, "prompt_hash": cfg.prompt.hash, "model_id": model_id,
+        }) for pid, [c] in zip(batch, outs)}
+
+    records = run_resumable(ids, done, todo, cfg.batch_size, work, records_path, progress, "evaluate",
+                            lambda d: {"acc": f"{sum(r['correct'] for r in d.values()) / len(d):.3f}"})
+    return records, metrics_from_records(records)
+
+
+def run_resumable(ids: Sequence[str], done: dict[str, dict[str, Any]], todo: Sequence[str], chunk_size: int,
+                  work: Callable[[list[str]], dict[str, dict[str, Any]]], records_path: str | Path | None,
+                  progress: bool, desc: str,
+                  postfix: Callable[[dict[str, dict[str, Any]]], dict[str, str]] | None = None,
+                  ) -> list[dict[str, Any]]:
+    """Fill `done` (id -> record) with `work(chunk)` for each chunk of `todo`, behind a progress bar.
+
+    Each record is appended to `records_path` as its chunk finishes, so a killed run loses at most
+    one chunk; at the end the file is rewritten to hold exactly the returned records, in `ids` order.
+    Shared by evaluation and the inference-scaling runner.
+    """
     appender = JsonlAppender(records_path) if records_path else None
-    bar = tqdm(total=len(ids), initial=len(done), desc="evaluate", unit="problem", disable=not progress,
+    bar = tqdm(total=len(ids), initial=len(done), desc=desc, unit="problem", disable=not progress,
                file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     try:
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start:start + cfg.batch_size]
-            t0 = time.perf_counter()
-            outs = generator.generate([prompts[pid] for pid in batch], cfg.sampling,
-                                      seeds=[problem_seed(pid, cfg.seed) for pid in batch])
-            share = (time.perf_counter() - t0) / len(batch)
-            for pid, [c] in zip(batch, outs):
-                done[pid] = grade_record({
-                    "id": pid, "prompt": prompts[pid], "completion": c.text, "gold": golds[pid],
-                    "generated_tokens": len(c.tokens), "truncated": c.truncated, "seconds": share,
-                    "config_hash": cfg.hash, "prompt_hash": cfg.prompt.hash, "model_id": model_id,
-                })
+        for start in range(0, len(todo), chunk_size):
+            chunk = list(todo[start:start + chunk_size])
+            for pid, record in work(chunk).items():
+                done[pid] = record
                 if appender:
-                    appender.append(done[pid])
-            bar.set_postfix(acc=f"{sum(r['correct'] for r in done.values()) / len(done):.3f}", refresh=False)
-            bar.update(len(batch))
+                    appender.append(record)
+            if postfix:
+                bar.set_postfix(postfix(done), refresh=False)
+            bar.update(len(chunk))
     finally:
         bar.close()
         if appender:
@@ -125,7 +146,7 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
     records = [done[pid] for pid in ids]
     if records_path:
         write_jsonl(records_path, records)
-    return records, metrics_from_records(records)
+    return records
 
 
 def _resume(path: Path, cfg: EvalConfig, model_id: str, prompts: dict[str, str],

@@ -36,7 +36,6 @@ import dataclasses
 import io
 import math
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,13 +43,12 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
-from tqdm import tqdm
 
 from .config import from_dict, stable_hash
-from .evaluate import grade_record, metrics_from_records, problem_seed
+from .evaluate import grade_record, metrics_from_records, problem_seed, run_resumable
 from .generate import Completion, SamplingConfig
 from .grading import answers_equivalent, extract_answer
-from .io import JsonlAppender, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
+from .io import atomic_write_text, read_json, read_jsonl, write_json
 from .metrics import answer_classes, compare_records, mean_pass_at_k
 from .prompts import PromptConfig, render
 
@@ -398,40 +396,23 @@ def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: Metho
     todo = sorted((pid for pid in ids if pid not in done), key=lambda pid: len(prompts[pid]))
     per_chunk = batch_size if method.aggregate == "refine" else max(1, batch_size // method.n)
     runner = _Runner(generator, method, seed)
-    appender = JsonlAppender(records_path) if records_path else None
-    bar = tqdm(total=len(ids), initial=len(done), desc=method.name, unit="problem", disable=not progress,
-               file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    try:
-        for start in range(0, len(todo), per_chunk):
-            chunk = todo[start:start + per_chunk]
-            base = {pid: {"id": pid, "prompt": prompts[pid], "gold": golds[pid],
-                          "config_hash": method.hash(seed), "prompt_hash": method.prompt.hash,
-                          "model_id": model_id} for pid in chunk}
-            if method.aggregate == "refine":
-                new = _refine(runner, chunk, rows, prompts, golds)
+    def work(chunk: list[str]) -> dict[str, dict[str, Any]]:
+        if method.aggregate == "refine":
+            new = _refine(runner, chunk, rows, prompts, golds)
+        else:
+            if donor is not None:
+                new = {pid: {"samples": _donated(donor, pid, prompts[pid], method.n)} for pid in chunk}
             else:
-                if donor is not None:
-                    new = {pid: {"samples": _donated(donor, pid, prompts[pid], method.n)} for pid in chunk}
-                else:
-                    outs, shares = runner.generate([prompts[p] for p in chunk], chunk, method.sampling,
-                                                   method.n)
-                    new = {pid: {"samples": [_sample(c, golds[pid], s) for c, s in zip(comps, sh)]}
-                           for pid, comps, sh in zip(chunk, outs, shares)}
-                spent = runner.add_logprob_scores([(prompts[pid], new[pid]["samples"]) for pid in chunk])
-                for pid, seconds in zip(chunk, spent):
-                    new[pid]["scoring_seconds"] = seconds
-            for pid in chunk:
-                done[pid] = {**base[pid], **new[pid]}
-                if appender:
-                    appender.append(done[pid])
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-        if appender:
-            appender.close()
-    records = [done[pid] for pid in ids]
-    if records_path:
-        write_jsonl(records_path, records)
+                outs, shares = runner.generate([prompts[p] for p in chunk], chunk, method.sampling, method.n)
+                new = {pid: {"samples": [_sample(c, golds[pid], s) for c, s in zip(comps, sh)]}
+                       for pid, comps, sh in zip(chunk, outs, shares)}
+            spent = runner.add_logprob_scores([(prompts[pid], new[pid]["samples"]) for pid in chunk])
+            for pid, seconds in zip(chunk, spent):
+                new[pid]["scoring_seconds"] = seconds
+        return {pid: {"id": pid, "prompt": prompts[pid], "gold": golds[pid], "config_hash": method.hash(seed),
+                      "prompt_hash": method.prompt.hash, "model_id": model_id, **new[pid]} for pid in chunk}
+
+    records = run_resumable(ids, done, todo, per_chunk, work, records_path, progress, method.name)
     return records
 
 
