@@ -47,3 +47,13 @@ def tiny_ckpt(tmp_path_factory, tiny_tokenizer_path) -> Path:
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def one_thread():
+    """For tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): their ops are too small
+    to gain from a second thread, and on a shared 2-core machine a spinning second OpenMP thread
+    makes them several times slower."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(2)

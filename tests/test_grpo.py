@@ -43,14 +43,7 @@ EPS = 1e-4  # the std epsilon of the advantages
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny model's ops are too small to gain from threads, and on a shared 2-core machine
-    # a second OpenMP thread mostly spins: one thread is several times faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def near(actual: torch.Tensor, expected, atol: float = 1e-6) -> None:

@@ -31,13 +31,8 @@ def e_share(text: str, gold: str) -> float:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_and_learnable_reward(monkeypatch):
-    # One thread: the tiny model gains nothing from a second on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_and_learnable_reward(one_thread, monkeypatch):
     monkeypatch.setitem(core.REWARDS, "e_share", e_share)
-    yield
-    torch.set_num_threads(before)
 
 
 def rows(n: int, start: int = 0) -> list[dict]:

@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from reasoning.config import from_dict
@@ -29,6 +28,7 @@ from reasoning.weights import load_model
 from stages.inference_scaling import main as stage_main
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 TOPP = SamplingConfig(max_new_tokens=16, temperature=0.9, top_p=0.9)
 
 
@@ -271,14 +271,6 @@ def test_refinement_iterations_and_acceptance(accept_if_better):
 
 
 # --- the real engine ------------------------------------------------------------------------------
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny model's matmuls are latency-bound: one thread is as fast, and two spin-waiting
-    # threads slow them down ~50x when the cores are shared (measured on a loaded 2-core box).
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,7 @@ CFG = TrainConfig(lr=3e-3, warmup_steps=2, batch_size=8, micro_batch_size=4, max
                   dtype="float32", seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: a second thread costs more than it saves, and on a busy machine far more."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def make_model(seed: int = 0) -> Qwen3:
