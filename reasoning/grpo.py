@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import re
 import time
@@ -49,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .config import resolve_device, stable_hash
+from .config import stable_hash
 from .generate import Completion, Generator, SamplingConfig, row_seed
 from .grading import grade
 from .io import JsonlAppender, read_json, read_jsonl, write_jsonl
@@ -57,7 +56,7 @@ from .model import Qwen3
 from .prompts import PromptConfig, render
 from .tokenizer import Tokenizer
 from .train import (Example, LogFn, TrainConfig, _Dist, _load_checkpoint, _optimizer, _save_checkpoint,
-                    collate, latest_checkpoint, lr_at)
+                    collate, latest_checkpoint, lr_at, training_setup)
 
 RewardFn = Callable[[str, str], float]  # (completion text, gold answer) -> reward
 EvalFn = Callable[[Qwen3], dict[str, float]]  # model -> metrics with "accuracy"
@@ -634,19 +633,10 @@ def train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer,
     Returns {steps, resumed_from, reward_mean, evals, wall_s}.
     """
     t_start = time.perf_counter()
-    device, dtype = resolve_device(cfg.device, cfg.dtype)
-    if dtype == torch.float16:
-        raise ValueError("dtype float16 needs loss scaling, which GRPO does not do; use bfloat16 or float32")
-    comm = _Dist(device)
-    try:
-        if device.type == "cuda" and comm.world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
+    with training_setup(cfg.device, cfg.dtype, "GRPO") as (device, dtype, comm):
         autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
         return _train_grpo(model, ref_model, tokenizer, train_rows, cfg, Path(out_dir), eval_fn, log,
                            reward_fns, device, autocast, comm, t_start)
-    finally:
-        comm.close()
 
 
 def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, rows: Sequence[dict[str, Any]],

@@ -39,8 +39,8 @@ import shutil
 import time
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,16 +329,24 @@ def train(model: Qwen3, train_examples: Sequence[Example], cfg: TrainConfig, out
     epoch after every step, and val_loss after each validation.
     """
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    device, dtype = resolve_device(cfg.device, cfg.dtype)
+    with training_setup(cfg.device, cfg.dtype, "this loop") as (device, dtype, comm):
+        return _train(model, train_examples, cfg, Path(out_dir), val_examples, log, device, dtype, comm, t_start)
+
+
+@contextmanager
+def training_setup(device_name: str, dtype_name: str,
+                   loop: str) -> Iterator[tuple[torch.device, torch.dtype, _Dist]]:
+    """(device, dtype, process group) for a training loop; under torchrun each process takes its
+    LOCAL_RANK's GPU. The process group this opens is closed on exit. Shared by SFT/pretraining and GRPO."""
+    device, dtype = resolve_device(device_name, dtype_name)
     if dtype == torch.float16:
-        raise ValueError("dtype float16 needs loss scaling, which this loop does not do; use bfloat16 or float32")
+        raise ValueError(f"dtype float16 needs loss scaling, which {loop} does not do; use bfloat16 or float32")
     comm = _Dist(device)
     try:
         if device.type == "cuda" and comm.world > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-        return _train(model, train_examples, cfg, out_dir, val_examples, log, device, dtype, comm, t_start)
+        yield device, dtype, comm
     finally:
         comm.close()
 
