@@ -217,3 +217,15 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert ddp["val_loss"] == pytest.approx(out["val_loss"], rel=1e-5)
     assert not math.isclose(out["val_loss"], validation_loss(make_model(), make_examples(8, seed=3), 4,
                                                              torch.device("cpu")), rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("loop", ["train", "grpo"])
+def test_float16_is_refused_by_both_loops(tmp_path, loop):
+    """Neither loop scales the loss, so fp16 gradients would underflow: both refuse it up front."""
+    from reasoning.grpo import GRPOConfig, train_grpo
+
+    with pytest.raises(ValueError, match="float16 needs loss scaling.*use bfloat16 or float32"):
+        if loop == "train":
+            train(make_model(), make_examples(4), TrainConfig(**{**CFG.__dict__, "dtype": "float16"}), tmp_path)
+        else:
+            train_grpo(make_model(), None, None, [], GRPOConfig(device="cpu", dtype="float16"), tmp_path)
