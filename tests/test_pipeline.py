@@ -205,7 +205,8 @@ class Toy:
         params["evaluate"].update(batch_size=16, sampling={"max_new_tokens": 24, "temperature": 0.0})
         # An untrained tiny model verifies no trace of its own: the tiny teacher is a file of traces
         # written from the worked solutions (the path the book's published traces take).
-        train, _ = make_splits(200, 16, 0)
+        splits = TINY["prepare_data"]["toy"]
+        train, _ = make_splits(splits["n_train"], splits["n_test"], splits["seed"])  # prepare_data's rows
         write_jsonl(self.repo / "tiny_traces.jsonl", [
             {"problem": r["problem"], "message_thinking": r["solution"].rsplit("\n", 1)[0],
              "message_content": f"\\boxed{{{r['answer']}}}"} for r in train[:24]])
