@@ -107,7 +107,7 @@ def peak_memory_gb() -> float:
 
 def linear_shapes() -> list[tuple[int, int]]:
     """(out, in) of every weight matmul of one Qwen3-0.6B decode step, lm_head included."""
-    from reasoning.config import PRESETS
+    from reasoning.model import PRESETS
     c = PRESETS["qwen3-0.6b"]
     h, q, kv = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
     block = [(q, h), (kv, h), (kv, h), (h, q), (c.intermediate_size, h), (c.intermediate_size, h),
@@ -118,7 +118,7 @@ def linear_shapes() -> list[tuple[int, int]]:
 # --- workers: one engine (or the floor measurement) per process --------------------------------
 
 def build_ours(spec: dict) -> tuple[Callable, Callable]:
-    from reasoning.config import PRESETS
+    from reasoning.model import PRESETS
     from reasoning.generate import Generator, SamplingConfig
     from reasoning.model import Qwen3
 
@@ -175,7 +175,7 @@ def build_book(spec: dict) -> tuple[Callable, Callable]:
 
 def build_transformers(spec: dict) -> tuple[Callable, Callable]:
     import transformers
-    from reasoning.config import PRESETS
+    from reasoning.model import PRESETS
     hf = {k: v for k, v in PRESETS["qwen3-0.6b"].to_hf().items()
           if k not in ("architectures", "model_type", "torch_dtype")}
     model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**hf))

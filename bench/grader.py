@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarize(cases, results)
     report(cases, results, summary)
     if args.out:
-        from reasoning.io import write_json
+        from reasoning.files import write_json
 
         write_json(args.out, {"summary": summary, "results": results})
     print(json.dumps(summary["graders"] | {"n_cases": len(cases)}, sort_keys=True))

@@ -7,8 +7,8 @@
 - one_by_one: one call per (problem, sample), n=1, as the book's chapter 4 loop samples.
 
 Every way draws the same samples: the engine seeds sample j of a prompt with
-`row_seed(prompt_seed, j)`, and the one-by-one run seeds its lone row with exactly that value
-(the bench swaps the engine's `row_seed` for the identity while it passes precomputed seeds).
+`sample_seed(prompt_seed, j)`, and the one-by-one run seeds its lone row with exactly that value
+(the bench swaps the engine's `sample_seed` for the identity while it passes precomputed seeds).
 The bench checks that the tokens agree and reports seconds, tokens/s and the speed-up ratios at
 equal tokens. The last line is one JSON object.
 
@@ -25,11 +25,11 @@ from unittest import mock
 import torch
 
 import reasoning.generate as engine
-from reasoning.config import resolve_device
+from reasoning.devices import resolve_device
 from reasoning.data import read_dataset
-from reasoning.evaluate import problem_seed
-from reasoning.generate import Generator, SamplingConfig, row_seed
+from reasoning.generate import Generator, SamplingConfig
 from reasoning.prompts import COT_SUFFIX, PromptConfig, render
+from reasoning.seeds import problem_seed, sample_seed
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model, resolve
 
@@ -43,8 +43,8 @@ def run(gen: Generator, prompts: list[str], seeds: list[int], sampling: Sampling
     elif way == "per_problem":
         outs = [gen.generate([p], sampling, n=n, seeds=[s])[0] for p, s in zip(prompts, seeds)]
     else:
-        with mock.patch.object(engine, "row_seed", lambda seed, sample: seed):
-            outs = [[gen.generate([p], sampling, seeds=[row_seed(s, j)])[0][0] for j in range(n)]
+        with mock.patch.object(engine, "sample_seed", lambda seed, sample: seed):
+            outs = [[gen.generate([p], sampling, seeds=[sample_seed(s, j)])[0][0] for j in range(n)]
                     for p, s in zip(prompts, seeds)]
     return time.perf_counter() - t0, [[c.tokens for c in comps] for comps in outs]
 

@@ -9,6 +9,8 @@ parsed here; DVC itself validates the file (`dvc dag`, `dvc repro`).
 
 from __future__ import annotations
 
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,15 @@ class StageSpec:
     outs: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
+
+    @property
+    def args(self) -> list[str]:
+        """The stage's own arguments in `cmd` (what follows `python -m flows.stage <name>`): its paths."""
+        words = shlex.split(self.cmd)
+        prefix = ["python", "-m", "flows.stage", self.name]
+        if words[:4] != prefix:
+            raise ValueError(f"dvc.yaml stage {self.name}: cmd must start with {' '.join(prefix)!r}, got {self.cmd!r}")
+        return words[4:]
 
     @property
     def produced(self) -> tuple[str, ...]:
@@ -92,3 +103,19 @@ def stage_order(specs: dict[str, StageSpec]) -> list[str]:
         order.append(ready[0])
         pending.remove(ready[0])
     return order
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.dag args <stage>`: the stage's arguments in dvc.yaml's cmd, shell-quoted, e.g.
+    `torchrun --nproc_per_node 8 -m stages.grpo $(python -m flows.dag args grpo)`."""
+    argv = sys.argv[1:] if argv is None else argv
+    specs = read_stages()
+    if len(argv) != 2 or argv[0] != "args" or argv[1] not in specs:
+        print(f"usage: python -m flows.dag args <stage>   (stages: {', '.join(specs)})", file=sys.stderr)
+        return 2
+    print(shlex.join(specs[argv[1]].args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,9 @@
 """Run one DVC stage as a Prefect flow tracked in MLflow: `python -m flows.stage <stage> [stage args]`.
 
-This is every stage's `cmd` in dvc.yaml. It runs `stages.<stage>.main(args)` inside a Prefect
+This is every stage's `cmd` in dvc.yaml. The stage always gets the args of its dvc.yaml `cmd`
+(where its paths are written once) followed by the ones given here, which override them:
+`python -m flows.stage inference_scaling --params params/real.yaml --methods greedy` runs the
+stage on dvc.yaml's paths with the real-world params. It runs `stages.<stage>.main(args)` inside a Prefect
 flow named after the stage and an MLflow run that gets the stage's params, metrics, curves,
 outputs and provenance tags (see flows.tracking); checkpoint directories become registered
 model versions. Markdown outputs become Prefect markdown artifacts.
@@ -26,7 +29,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed
 
 from reasoning.config import load_params
-from reasoning.io import read_json
+from reasoning.files import read_json
+from stages.common import params_file
 
 from . import tracking
 from .dag import StageSpec, read_stages
@@ -70,7 +74,7 @@ AFTER_STAGE = {"final_eval": publish_final_eval}  # stage-specific publishing, o
 def stage_flow(stage: str, argv: list[str]) -> Any:
     logger = get_run_logger()
     spec = read_stages()[stage]
-    params = load_params()
+    params = load_params(params_file(argv))  # the file the stage reads (--params), not always params.yaml
     try:
         with tracking.stage_run(spec, params) as run:
             t0 = time.perf_counter()
@@ -95,12 +99,16 @@ def stage_flow(stage: str, argv: list[str]) -> Any:
 
 
 def run_stage(stage: str, argv: list[str] | None = None) -> int:
-    """Run `stage` as a flow named after it; return the exit status (0, EXIT_FAILED or EXIT_TRANSIENT)."""
+    """Run `stage` as a flow named after it; return the exit status (0, EXIT_FAILED or EXIT_TRANSIENT).
+
+    The stage gets the arguments of its dvc.yaml `cmd` (its paths, written there once), then `argv`:
+    a flag given in `argv` overrides the same flag of the cmd (argparse keeps the last value)."""
     stages = read_stages()
     if stage not in stages:
         print(f"ERROR: stage '{stage}' failed: unknown stage; dvc.yaml defines {list(stages)}", file=sys.stderr)
         return EXIT_FAILED
-    state = stage_flow.with_options(name=stage)(stage, list(argv or []), return_state=True)
+    argv = stages[stage].args + list(argv or [])
+    state = stage_flow.with_options(name=stage)(stage, argv, return_state=True)
     if state.is_completed():
         return 0
     print(f"ERROR: stage '{stage}' failed: {state.message}", file=sys.stderr, flush=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from reasoning.config import from_dict, load_params, stable_hash
-from reasoning.io import read_json, read_jsonl, sha256_file
+from reasoning.files import read_json, read_jsonl, sha256_file
 
 from . import ROOT
 from .dag import StageSpec

@@ -1,10 +1,8 @@
 """Distillation (the book's chapter 8): verified teacher traces, then SFT examples for the student.
 
 Design choices:
-- A teacher is anything with `sample(problems, n, seeds)`: the engine (any checkpoint we load,
-  prompted by a `PromptConfig`), an OpenAI-compatible endpoint (`reasoning.teacher`), or a file
-  of traces generated elsewhere (the book's published ones), matched to our problems by
-  normalised text. All hand back raw samples (text, optional separate reasoning, finish
+- Teachers (`reasoning.teacher`: the engine, an OpenAI-compatible endpoint, a file of traces
+  generated elsewhere) all hand back raw samples (text, optional separate reasoning, finish
   reason); `split_trace` turns each into (thinking, content) the same way, and imported traces
   are verified and contamination-checked like fresh ones.
 - Rejection sampling: a sample becomes a trace only if it finished, its thinking is closed and
@@ -13,9 +11,9 @@ Design choices:
   `keep_per_problem` are dropped too; every reject is kept, with its reason, for audit.
 - Training problems that overlap the test split (same normalised text, or a shared word
   n-gram) are dropped before the teacher sees them, and counted.
-- The raw samples go to a journal, one line per problem, named by a hash of everything that
-  determines them (teacher id and revision, prompt, sampling, n, seed). A killed run continues
-  from the problems already journaled; a rerun with the same teacher regenerates nothing (filter
+- The raw samples go to a journal (the resumable record log of `reasoning.records`), one line
+  per problem, named by a hash of everything that determines them (teacher id and revision,
+  prompt, sampling, n, seed). A killed run continues from the problems already journaled; a rerun with the same teacher regenerates nothing (filter
   settings can change freely); a different teacher writes a different journal, never a mix.
   Each problem's seed comes from its id, so engine samples do not depend on batching or resumes.
 - SFT examples use the chat template. The prompt is exactly what `prompts.render` sends at
@@ -30,25 +28,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import sys
-import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-from tqdm import tqdm
+from typing import Any
 
 from .config import stable_hash
 from .data import normalize_problem
-from .evaluate import problem_seed
-from .generate import Generator, SamplingConfig
+from .generate import SamplingConfig
 from .grading import GRADER_NAME, GRADER_VERSION, grade
-from .io import JsonlAppender, iter_jsonl, read_json, read_jsonl, sha256_file
-from .prompts import COT_SUFFIX, PromptConfig, render
-from .teacher import ChatClient, EndpointConfig
+from .prompts import PromptConfig, render
+from .records import resume_records, run_resumable
+from .seeds import problem_seed
+from .teacher import Teacher, TeacherConfig
 from .tokenizer import THINK_CLOSE, THINK_OPEN, Tokenizer, render_chat
 from .train import Example, TrainConfig
 
@@ -58,28 +52,6 @@ REJECT_REASONS = ("truncated", "unclosed_think", "no_answer", "wrong_answer", "n
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    kind: str = "engine"  # "engine" (a checkpoint we load), "endpoint" (OpenAI-compatible server) or "file"
-    # engine: checkpoint dir or hub id; endpoint: the served model name; file: a JSON/JSONL path or
-    # hf:<owner>/<dataset>/<file> with rows {problem, message_thinking, message_content}
-    model: str = "data/models/base"
-    revision: str = ""  # engine: recorded (default: hub commit or hash of the weights); endpoint: recorded;
-    # file: the hub revision to download (the recorded revision is the file's sha256)
-    prompt: PromptConfig = PromptConfig(cot_suffix=COT_SUFFIX)
-    endpoint: EndpointConfig = EndpointConfig()
-    device: str = "auto"
-    dtype: str = "auto"
-    compile: bool = False
-    batch_size: int = 64  # engine: sequences (problems x n) decoded together
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("engine", "endpoint", "file"):
-            raise ValueError(f"teacher kind {self.kind!r} is unknown; use 'engine', 'endpoint' or 'file'")
-        if self.kind == "endpoint" and self.prompt.template != "chat":
-            raise ValueError("an endpoint applies its own chat template: set teacher.prompt.template: chat")
 
 
 @dataclass(frozen=True)
@@ -222,121 +194,6 @@ def judge(problem: dict[str, Any], samples: Sequence[dict[str, Any]], cfg: Trace
 
 
 # ---------------------------------------------------------------------------------------------
-# Teachers
-
-
-class Teacher(Protocol):
-    info: dict[str, str]  # kind, id, revision
-
-    def sample(self, problems: Sequence[str], n: int,
-               seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
-        """Yield (problem index, n raw samples, seconds) as problems finish, in any order."""
-        ...
-
-
-class EngineTeacher:
-    """A model run by our engine; problems go through `render(problem, prompt)`."""
-
-    def __init__(self, generator: Generator, prompt: PromptConfig, sampling: SamplingConfig,
-                 info: dict[str, str]):
-        self.generator, self.prompt, self.sampling, self.info = generator, prompt, sampling, info
-
-    def sample(self, problems: Sequence[str], n: int,
-               seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
-        per_call = max(1, self.generator.batch_size // n)  # one decode batch per call, journaled after it
-        for start in range(0, len(problems), per_call):
-            chunk = range(start, min(start + per_call, len(problems)))
-            t0 = time.perf_counter()
-            outs = self.generator.generate([render(problems[i], self.prompt) for i in chunk], self.sampling,
-                                           n=n, seeds=[seeds[i] for i in chunk])
-            share = (time.perf_counter() - t0) / len(chunk)
-            for i, comps in zip(chunk, outs):
-                yield i, [{"text": c.text, "reasoning": None, "finish_reason": c.finish_reason,
-                           "tokens": len(c.tokens)} for c in comps], share
-
-
-class EndpointTeacher:
-    """A model behind an OpenAI-compatible endpoint; the server applies its chat template."""
-
-    def __init__(self, client: ChatClient, prompt: PromptConfig, sampling: SamplingConfig, info: dict[str, str]):
-        self.client, self.prompt, self.sampling, self.info = client, prompt, sampling, info
-
-    def sample(self, problems: Sequence[str], n: int,
-               seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
-        system = [{"role": "system", "content": self.prompt.system}] if self.prompt.system else []
-        s = self.sampling
-        requests = [{"messages": system + [{"role": "user", "content": p.strip() + self.prompt.cot_suffix}],
-                     "n": n, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_new_tokens,
-                     "seed": seed % 2**31, "stop": s.stop_strings}  # 31 bits: some servers take int32 seeds
-                    for p, seed in zip(problems, seeds)]
-        for i, choices, seconds in self.client.complete_many(requests):
-            yield i, [{"text": c.content, "reasoning": c.reasoning, "finish_reason": c.finish_reason,
-                       "tokens": None, "model": c.model} for c in choices], seconds
-
-
-class FileTeacher:
-    """Traces generated elsewhere (rows {problem, message_thinking, message_content}), looked up by problem."""
-
-    def __init__(self, rows: Sequence[dict[str, Any]], info: dict[str, str]):
-        self.info = info
-        self.by_problem: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            if not isinstance(r, dict) or not isinstance(r.get("problem"), str) or "message_content" not in r:
-                raise ValueError(f"{info['id']}: a row lacks 'problem' or 'message_content': {str(r)[:200]}")
-            self.by_problem.setdefault(normalize_problem(r["problem"]), []).append(
-                {"text": str(r["message_content"]), "reasoning": r.get("message_thinking"),
-                 "finish_reason": "stop", "tokens": None})
-
-    def sample(self, problems: Sequence[str], n: int,
-               seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
-        for i, p in enumerate(problems):  # a problem the file lacks gets no samples
-            yield i, self.by_problem.get(normalize_problem(p), [])[:n], 0.0
-
-
-def _trace_file(source: str, revision: str) -> Path:
-    path = Path(source)
-    if path.exists():
-        return path
-    parts = source.removeprefix("hf:").split("/", 2)
-    if not source.startswith("hf:") or len(parts) < 3:
-        raise FileNotFoundError(f"trace file {source!r} not found; give a local path or "
-                                "hf:<owner>/<dataset>/<file>")
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download("/".join(parts[:2]), parts[2], repo_type="dataset", revision=revision or None))
-
-
-def checkpoint_revision(ckpt: Path) -> str:
-    """A hub snapshot's commit, else a hash of the weight files (a retrained model is a new teacher)."""
-    parts = ckpt.resolve().parts
-    if len(parts) >= 2 and parts[-2] == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", parts[-1]):
-        return parts[-1]
-    files = sorted(ckpt.glob("*.safetensors"))
-    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()[:16]
-
-
-def load_teacher(cfg: TeacherConfig, sampling: SamplingConfig) -> Teacher:
-    """The engine teacher (model loaded), endpoint teacher (key read) or file teacher that `cfg` names."""
-    if cfg.kind == "endpoint":
-        info = {"kind": "endpoint", "id": cfg.model, "revision": cfg.revision, "base_url": cfg.endpoint.base_url}
-        return EndpointTeacher(ChatClient(cfg.endpoint, cfg.model), cfg.prompt, sampling, info)
-    if cfg.kind == "file":
-        path = _trace_file(cfg.model, cfg.revision)
-        rows = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
-        info = {"kind": "file", "id": cfg.model, "revision": sha256_file(path)[:16]}
-        return FileTeacher(rows, info)
-    from .config import resolve_device
-    from .weights import load_model, resolve
-
-    ckpt = resolve(cfg.model)
-    device, dtype = resolve_device(cfg.device, cfg.dtype)
-    generator = Generator(load_model(ckpt, dtype, device), Tokenizer(ckpt), compile=cfg.compile,
-                          batch_size=cfg.batch_size)
-    info = {"kind": "engine", "id": cfg.model, "revision": cfg.revision or checkpoint_revision(ckpt)}
-    return EngineTeacher(generator, cfg.prompt, sampling, info)
-
-
-# ---------------------------------------------------------------------------------------------
 # The stage's work
 
 
@@ -352,8 +209,9 @@ def generate_traces(teacher: Teacher, train: Sequence[dict[str, Any]], test: Seq
                     progress: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Sample the teacher on the clean training problems and verify; return (kept, rejected, metrics).
 
-    Raw samples are journaled in `journal_dir/<sample_hash>.jsonl`; problems already there are
-    not sampled again, so a killed run resumes and a finished one is free to rerun.
+    Raw samples are journaled in `journal_dir/<sample_hash>.jsonl` through the resumable record log
+    (`reasoning.records`); problems already there are not sampled again, so a killed run resumes
+    and a finished one is free to rerun. A problem whose text changed since is sampled again.
     """
     problems, contaminated = remove_contaminated(train, test, cfg.contamination_ngram)
     problems = problems[:cfg.limit]
@@ -361,28 +219,21 @@ def generate_traces(teacher: Teacher, train: Sequence[dict[str, Any]], test: Seq
         raise ValueError("no training problems left after the contamination check; check the splits")
     tag = sample_hash(teacher, cfg)
     journal = Path(journal_dir) / f"{tag}.jsonl"
-    digest = {p["id"]: hashlib.sha256(p["problem"].encode()).hexdigest()[:16] for p in problems}
-    # Later lines win; a problem whose text changed since it was journaled is sampled again.
-    done = {e["problem_id"]: e for e in iter_jsonl(journal) if digest.get(e["problem_id"]) == e["problem_sha"]}
-    todo = [p for p in problems if p["id"] not in done]
-    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="teacher traces", unit="problem",
-               disable=not progress, file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    try:
-        with JsonlAppender(journal) as out:
-            for i, samples, seconds in teacher.sample([p["problem"] for p in todo], cfg.n,
-                                                      [problem_seed(str(p["id"]), cfg.seed) for p in todo]):
-                pid = todo[i]["id"]
-                done[pid] = {"problem_id": pid, "problem_sha": digest[pid], "seconds": seconds,
-                             "samples": samples}
-                out.append(done[pid])
-                bar.update()
-    finally:
-        bar.close()
+    ids = [str(p["id"]) for p in problems]
+    digest = {pid: hashlib.sha256(p["problem"].encode()).hexdigest()[:16] for pid, p in zip(ids, problems)}
+    done = resume_records(journal, {pid: {"problem_sha": digest[pid]} for pid in ids}, {}, "teacher journal",
+                          on_changed="redo")
+    todo = [(pid, p) for pid, p in zip(ids, problems) if pid not in done]
+    samples = teacher.sample([p["problem"] for _, p in todo], cfg.n,
+                             [problem_seed(pid, cfg.seed) for pid, _ in todo])
+    entries = ((todo[i][0], {"id": todo[i][0], "problem_sha": digest[todo[i][0]], "seconds": seconds,
+                             "samples": raw}) for i, raw, seconds in samples)
+    journaled = dict(zip(ids, run_resumable(ids, done, entries, journal, progress, "teacher traces")))
 
     provenance = {"teacher": teacher.info["id"], "teacher_kind": teacher.info["kind"],
                   "teacher_revision": teacher.info["revision"], "prompt_hash": cfg.teacher.prompt.hash,
                   "sample_hash": tag, "grader": f"{GRADER_NAME} {GRADER_VERSION}"}
-    rows = [r for p in problems for r in judge(p, done[p["id"]]["samples"], cfg, provenance)]
+    rows = [r for pid, p in zip(ids, problems) for r in judge(p, journaled[pid]["samples"], cfg, provenance)]
     if not rows:
         raise ValueError(f"the teacher {teacher.info['id']} gave no samples for any of {len(problems)} problems "
                          "(a trace file whose problems are not in the training split?)")
@@ -396,7 +247,7 @@ def generate_traces(teacher: Teacher, train: Sequence[dict[str, Any]], test: Seq
         "teacher_sample_accuracy": sum(r["answer_correct"] for r in rows) / len(rows),
         "problems_with_trace": solved, "coverage": solved / len(problems),
         "kept_per_problem": len(kept) / len(problems),
-        "wall_time_s": sum(done[p["id"]]["seconds"] for p in problems),
+        "wall_time_s": sum(journaled[pid]["seconds"] for pid in ids),
         "journal": str(journal), "teacher_info": teacher.info, "prompt": dataclasses.asdict(cfg.teacher.prompt),
         "sampling": dataclasses.asdict(cfg.sampling), "n": cfg.n, **provenance,
     }

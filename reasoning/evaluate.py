@@ -4,12 +4,11 @@ Design choices:
 - `evaluate` takes a `Generator` (or anything with its `generate` method) and plain problem
   dicts, so the evaluate stage, final evaluation and GRPO's periodic evaluation share it; file
   handling is limited to the optional records path.
-- Records are appended durably batch by batch. A rerun keeps the records already written
-  (matched by problem id) and generates only the rest, so a killed run resumes without
-  duplicates. Records carry a hash of what determines a completion (prompt template, sampling,
-  seed) and the caller's model id; a file from another configuration or model is refused
-  instead of being silently mixed.
-  When done, the file is rewritten in problem order, so it does not depend on where a run died.
+- Records (`reasoning.records`) are appended durably batch by batch through the one resumable
+  record log: a rerun keeps the records already written and generates only the rest. Records
+  carry a hash of what determines a completion (prompt template, sampling, seed) and the
+  generator's model id; a file from another configuration or model is refused instead of
+  being silently mixed.
 - Each problem's sampling seed comes from its id and `cfg.seed`, not from its position, so
   samples do not change with resumes, limits or batch composition.
 - Verdicts are always recomputed from the stored completion (`grade_record`): kept records are
@@ -23,22 +22,20 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from .config import stable_hash
+from .files import read_jsonl, write_jsonl
 from .generate import Generator, SamplingConfig
-from .grading import GRADER_NAME, GRADER_VERSION, grade
-from .io import JsonlAppender, read_jsonl, write_jsonl
+from .grading import GRADER_NAME, GRADER_VERSION
 from .metrics import accuracy_summary
 from .prompts import PromptConfig, render
+from .records import Record, chunked, grade_record, new_record, resume_records, run_resumable
+from .seeds import problem_seed
 
 
 @dataclass(frozen=True)
@@ -66,25 +63,15 @@ class EvalConfig:
                             "seed": self.seed})
 
 
-def problem_seed(problem_id: str, seed: int) -> int:
-    """Sampling seed of one problem: a function of its id and the run seed only."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()[:8], "big") >> 1
-
-
-def grade_record(record: dict[str, Any]) -> dict[str, Any]:
-    """`record` with its verdict fields (extracted, correct, reason) recomputed from completion and gold."""
-    verdict = grade(record["completion"], record["gold"])
-    return {**record, "extracted": verdict.extracted, "correct": bool(verdict), "reason": verdict.reason}
-
-
 def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: EvalConfig,
-             records_path: str | Path | None = None, progress: bool = True,
-             model_id: str = "") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+             records_path: str | Path | None = None,
+             progress: bool = True) -> tuple[list[Record], dict[str, Any]]:
     """Generate, grade and score `problems` (dataset rows); return (records in problem order, metrics).
 
     With `records_path`, records are appended there as batches finish, and records already in the
-    file are reused (resume); the file ends holding exactly the returned records. `model_id` (e.g.
-    a weights hash) is stored in each record, so a resume never mixes two models' records.
+    file are reused (resume); the file ends holding exactly the returned records. The generator's
+    `model_id` (the weights' content hash) is stored in each record, so a resume never mixes two
+    models' records.
     """
     problems = list(problems)[:cfg.limit]
     if not problems:
@@ -94,7 +81,10 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
         raise ValueError("problem ids are not unique; pass the rows through reasoning.data.validate_rows")
     prompts = {pid: render(p["problem"], cfg.prompt) for pid, p in zip(ids, problems)}
     golds = {pid: str(p["answer"]) for pid, p in zip(ids, problems)}
-    done = _resume(Path(records_path), cfg, model_id, prompts, golds) if records_path else {}
+    model_id = generator.model_id
+    expected = {pid: {"prompt": prompts[pid], "gold": golds[pid]} for pid in ids}
+    done = resume_records(records_path, expected, {"config_hash": cfg.hash, "model_id": model_id},
+                          "evaluation config", regrade=grade_record) if records_path else {}
 
     # Similar prompt lengths share a batch (less padding); the order is fixed by the data alone.
     todo = sorted((pid for pid in ids if pid not in done), key=lambda pid: len(prompts[pid]))
@@ -104,75 +94,15 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
         outs = generator.generate([prompts[pid] for pid in batch], cfg.sampling,
                                   seeds=[problem_seed(pid, cfg.seed) for pid in batch])
         share = (time.perf_counter() - t0) / len(batch)
-        return {pid: grade_record({
-            "id": pid, "prompt": prompts[pid], "completion": c.text, "gold": golds[pid],
-            "generated_tokens": len(c.tokens), "truncated": c.truncated, "seconds": share,
-            "config_hash": cfg.hash, "prompt_hash": cfg.prompt.hash, "model_id": model_id,
-        }) for pid, [c] in zip(batch, outs)}
+        return {pid: new_record(pid, prompts[pid], golds[pid], c.text, len(c.tokens), c.truncated, share,
+                                cfg.hash, cfg.prompt.hash, model_id) for pid, [c] in zip(batch, outs)}
 
-    records = run_resumable(ids, done, todo, cfg.batch_size, work, records_path, progress, "evaluate",
+    records = run_resumable(ids, done, chunked(todo, cfg.batch_size, work), records_path, progress, "evaluate",
                             lambda d: {"acc": f"{sum(r['correct'] for r in d.values()) / len(d):.3f}"})
     return records, metrics_from_records(records)
 
 
-def run_resumable(ids: Sequence[str], done: dict[str, dict[str, Any]], todo: Sequence[str], chunk_size: int,
-                  work: Callable[[list[str]], dict[str, dict[str, Any]]], records_path: str | Path | None,
-                  progress: bool, desc: str,
-                  postfix: Callable[[dict[str, dict[str, Any]]], dict[str, str]] | None = None,
-                  ) -> list[dict[str, Any]]:
-    """Fill `done` (id -> record) with `work(chunk)` for each chunk of `todo`, behind a progress bar.
-
-    Each record is appended to `records_path` as its chunk finishes, so a killed run loses at most
-    one chunk; at the end the file is rewritten to hold exactly the returned records, in `ids` order.
-    Shared by evaluation and the inference-scaling runner.
-    """
-    appender = JsonlAppender(records_path) if records_path else None
-    bar = tqdm(total=len(ids), initial=len(done), desc=desc, unit="problem", disable=not progress,
-               file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    try:
-        for start in range(0, len(todo), chunk_size):
-            chunk = list(todo[start:start + chunk_size])
-            for pid, record in work(chunk).items():
-                done[pid] = record
-                if appender:
-                    appender.append(record)
-            if postfix:
-                bar.set_postfix(postfix(done), refresh=False)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-        if appender:
-            appender.close()
-    records = [done[pid] for pid in ids]
-    if records_path:
-        write_jsonl(records_path, records)
-    return records
-
-
-def _resume(path: Path, cfg: EvalConfig, model_id: str, prompts: dict[str, str],
-            golds: dict[str, str]) -> dict[str, dict]:
-    """Records already in `path` for these problems, regraded; refuse another config's, model's or data's."""
-    done: dict[str, dict] = {}
-    for r in read_jsonl(path):
-        if r.get("config_hash") != cfg.hash:
-            raise ValueError(
-                f"{path} holds records from a different evaluation config (hash {r.get('config_hash')}, now "
-                f"{cfg.hash}: prompt, sampling or seed changed); delete it or choose another output "
-                "directory")
-        if r.get("model_id") != model_id:
-            raise ValueError(f"{path} holds records of model {r.get('model_id')!r}, not {model_id!r}; "
-                             "delete it or choose another output directory")
-        pid = r["id"]
-        if pid not in prompts or pid in done:
-            continue  # outside this problem set (e.g. a smaller limit): dropped when the file is rewritten
-        if r["prompt"] != prompts[pid] or r["gold"] != golds[pid]:
-            raise ValueError(f"{path}: problem {pid!r} differs from the one its record was made for (the "
-                             "dataset changed); delete the file or choose another output directory")
-        done[pid] = grade_record(r)
-    return done
-
-
-def metrics_from_records(records: Sequence[dict[str, Any]], wall_time: float | None = None) -> dict[str, Any]:
+def metrics_from_records(records: Sequence[Record], wall_time: float | None = None) -> dict[str, Any]:
     """Accuracy (95% Wilson interval), generation statistics and provenance of a set of records.
 
     `wall_time` defaults to the sum of the records' generation seconds.

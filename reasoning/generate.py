@@ -28,13 +28,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .devices import DTYPES, resolve_device
 from .model import Qwen3
+from .seeds import sample_seed
 from .tokenizer import Tokenizer
+from .weights import load_model, model_id, resolve
 
 
 @dataclass(frozen=True)
@@ -103,15 +108,6 @@ def sample_rows(logits: Tensor, cfg: SamplingConfig, generators: Sequence[torch.
     return (pick if ids is None else ids.gather(-1, pick))[:, 0]
 
 
-def row_seed(seed: int, sample: int) -> int:
-    """Seed of sample `sample` of a prompt whose seed is `seed` (splitmix-style mixing)."""
-    x = (seed * 0x9E3779B97F4A7C15 + sample * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
-    x ^= x >> 31
-    return x % (1 << 63)
-
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
 MATMUL_DTYPES = ("model", "auto", *DTYPES)
 
 _FASTEST: dict[tuple, torch.dtype | None] = {}  # auto's measurements, shared by the process's generators
@@ -170,13 +166,17 @@ class Generator:
     parameter of memory and stay cached on the model; their results are within bf16 rounding of
     fp32, so greedy tokens can differ where two candidates are nearly tied. "auto" is measured
     per process: pin a dtype where runs must be bit-identical across machines.
+
+    model_id: the checkpoint's identity (weights.model_id; `load_generator` sets it); evaluation
+    stores it in every record, so resumed files never mix two models. "" for a model in training.
     """
 
     def __init__(self, model: Qwen3, tokenizer: Tokenizer, compile: bool = False, batch_size: int = 32,
-                 matmul_dtype: str = "model"):
+                 matmul_dtype: str = "model", model_id: str = ""):
         if matmul_dtype not in MATMUL_DTYPES:
             raise ValueError(f"matmul_dtype {matmul_dtype!r} is not one of {MATMUL_DTYPES}")
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        self.model_id = model_id  # weights.model_id of the checkpoint, stored in every record
         self.matmul_dtype = matmul_dtype
         self._decode = torch.compile(self._decode_step, fullgraph=True) if compile else self._decode_step
         self._active: torch.dtype | None = None  # the matmul dtype the model is set to (None: its own)
@@ -252,7 +252,7 @@ class Generator:
             logits, pad = logits.repeat_interleave(n, 0), pad.repeat_interleave(n)
 
         comps = [Completion() for _ in range(B)]
-        gens = [torch.Generator().manual_seed(row_seed(seeds[r // n], r % n)) for r in range(B)]
+        gens = [torch.Generator().manual_seed(sample_seed(seeds[r // n], r % n)) for r in range(B)]
         stop_ids = set(self.tokenizer.stop_ids)
         max_stop = max((len(s) for s in cfg.stop_strings), default=0)
         rows = list(range(B))  # global row held by each cache row
@@ -307,9 +307,28 @@ class Generator:
         return text
 
 
+class GenerationSettings(Protocol):
+    """The fields every generating config (evaluation, scaling, engine teacher) shares."""
+
+    device: str
+    dtype: str
+    compile: bool
+    batch_size: int
+
+
+def load_generator(source: str | Path, settings: GenerationSettings) -> Generator:
+    """A `Generator` for the checkpoint `source` (a directory or hf:<repo>[@<revision>]) on the
+    settings' device and dtype, with its tokenizer and its `model_id` (the weights' content hash).
+
+    The one way every stage and engine teacher loads a model to generate with."""
+    ckpt = resolve(str(source))
+    device, dtype = resolve_device(settings.device, settings.dtype)
+    return Generator(load_model(ckpt, dtype, device), Tokenizer(ckpt), compile=settings.compile,
+                     batch_size=settings.batch_size, model_id=model_id(ckpt))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from .prompts import PromptConfig, render
-    from .weights import resolve, load_model
 
     ap = argparse.ArgumentParser(
         prog="python -m reasoning.generate",

@@ -32,8 +32,6 @@ stops after `max_resample_rounds` extra rounds and trains on what it has.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import random
 import re
 import time
@@ -42,21 +40,22 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .checkpoint import Dist, StepLog, resume, run_settings, save_checkpoint, training_setup
 from .config import stable_hash
-from .generate import Completion, Generator, SamplingConfig, row_seed
+from .generate import Completion, Generator, SamplingConfig
 from .grading import grade
-from .io import JsonlAppender, read_json, read_jsonl, write_jsonl
+from .metrics import compare_records
 from .model import Qwen3
 from .prompts import PromptConfig, render
+from .seeds import sample_seed
 from .tokenizer import Tokenizer
-from .train import (Example, LogFn, TrainConfig, _Dist, _load_checkpoint, _optimizer, _save_checkpoint,
-                    collate, latest_checkpoint, lr_at, training_setup)
+from .train import Example, LogFn, TrainConfig, adamw, collate, lr_at
 
 RewardFn = Callable[[str, str], float]  # (completion text, gold answer) -> reward
 EvalFn = Callable[[Qwen3], dict[str, float]]  # model -> metrics with "accuracy"
@@ -162,6 +161,10 @@ class GRPOConfig:
     dtype: str = "auto"
     """fp32 master weights; bf16 autocast when this resolves to bfloat16."""
 
+    # Fields that may change between a run and its resumption: they do not change the trajectory.
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("eval_every", "checkpoint_every", "device", "micro_batch_size",
+                                           "generation_batch_size", "gradient_checkpointing", "compile")
+
     def __post_init__(self) -> None:
         choices = {"loss_type": LOSSES, "scale_rewards": SCALES, "dynamic_sampling": DYNAMIC_SAMPLING,
                    "multi_objective_aggregation": AGGREGATIONS}
@@ -200,11 +203,6 @@ class GRPOConfig:
     @property
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.max_new_tokens, self.temperature, 0, self.top_p, self.stop_strings)
-
-
-# Fields that may change between a run and its resumption: they do not change the trajectory.
-RUN_ONLY_FIELDS = ("eval_every", "checkpoint_every", "device", "micro_batch_size", "generation_batch_size",
-                   "gradient_checkpointing", "compile")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,7 +393,7 @@ def sample_groups(generator: Generator, items: Sequence[tuple[int, dict[str, Any
     """Roll out G completions for each (position, row) and score them with every reward function."""
     prompts = [generator.tokenizer.encode(render(row["problem"], cfg.prompt)) for _, row in items]
     outs = generator.generate(prompts, cfg.sampling, n=cfg.num_generations,
-                              seeds=[row_seed(cfg.seed, pos) for pos, _ in items])
+                              seeds=[sample_seed(cfg.seed, pos) for pos, _ in items])
     groups = []
     for (pos, row), prompt, comps in zip(items, prompts, outs):
         rewards = torch.tensor([[float(fn(c.text, str(row["answer"]))) for fn in reward_fns.values()]
@@ -405,7 +403,7 @@ def sample_groups(generator: Generator, items: Sequence[tuple[int, dict[str, Any
     return groups
 
 
-def _all_groups(local: list[Group], comm: _Dist) -> list[Group]:
+def _all_groups(local: list[Group], comm: Dist) -> list[Group]:
     """Every rank's groups in stream order: the sampling rank's objects, summaries of the others."""
     if comm.world == 1:
         return local
@@ -422,7 +420,7 @@ DYNAMIC_SAMPLING = ("none", "skip", "resample")
 
 def collect_groups(generator: Generator, stream: PromptStream, cfg: GRPOConfig,
                    reward_fns: Mapping[str, RewardFn], weights: Tensor,
-                   comm: _Dist) -> tuple[list[Group], list[Group], int]:
+                   comm: Dist) -> tuple[list[Group], list[Group], int]:
     """(groups to train on, all groups sampled, rounds), per `dynamic_sampling`; both lists global."""
     kept: list[Group] = []
     sampled: list[Group] = []
@@ -467,10 +465,11 @@ def _check_reference(ref_model: Qwen3 | None, cfg: GRPOConfig) -> None:
 
 
 def make_optimizer(model: Qwen3, cfg: GRPOConfig) -> torch.optim.AdamW:
-    return _optimizer(model, cfg.optim)
+    """train.py's AdamW with GRPO's optimisation fields."""
+    return adamw(model, cfg.optim)
 
 
-def _sync_grads(params: Sequence[torch.nn.Parameter], comm: _Dist) -> None:
+def _sync_grads(params: Sequence[torch.nn.Parameter], comm: Dist) -> None:
     """Sum gradients over ranks (each rank's loss is already divided by the global units)."""
     if comm.world == 1:
         return
@@ -482,14 +481,14 @@ def _sync_grads(params: Sequence[torch.nn.Parameter], comm: _Dist) -> None:
 
 def grpo_step(model: Qwen3, ref_model: Qwen3 | None, generator: Generator, stream: PromptStream,
               optimizer: torch.optim.Optimizer, step: int, cfg: GRPOConfig,
-              reward_fns: Mapping[str, RewardFn] | None = None, comm: _Dist | None = None,
+              reward_fns: Mapping[str, RewardFn] | None = None, comm: Dist | None = None,
               autocast: Any = nullcontext()) -> dict[str, float]:
     """One GRPO step (`step` counts from 0): rollouts, rewards, advantages, `num_iterations` updates.
 
     Returns the step's metrics (global over ranks). `reward_fns` defaults to `cfg.reward_funcs`.
     """
     t0 = time.perf_counter()
-    comm = comm or _Dist(model.device)
+    comm = comm or Dist(model.device)
     _check_reference(ref_model, cfg)
     reward_fns = reward_fns or {name: REWARDS[name] for name in cfg.reward_funcs}
     weights = torch.tensor(cfg.reward_weights or [1.0] * len(reward_fns))
@@ -541,7 +540,7 @@ def grpo_step(model: Qwen3, ref_model: Qwen3 | None, generator: Generator, strea
 
 
 def _update(model: Qwen3, ref_model: Qwen3 | None, optimizer: torch.optim.Optimizer, batches: list[tuple],
-            units: float, step: int, cfg: GRPOConfig, comm: _Dist, autocast: Any) -> dict[str, float]:
+            units: float, step: int, cfg: GRPOConfig, comm: Dist, autocast: Any) -> dict[str, float]:
     """`num_iterations` optimizer steps on this rank's micro-batches; pooled (global) sums of the stats."""
     model.train()
     model.gradient_checkpointing = cfg.gradient_checkpointing
@@ -603,7 +602,7 @@ def reward_up_accuracy_down(rewards: Sequence[float], evals: Sequence[dict[str, 
     return sum(now) / len(now) > sum(before) / len(before) and a1 < a0
 
 
-def _evaluate(model: Qwen3, eval_fn: EvalFn, step: int, comm: _Dist) -> dict[str, float]:
+def _evaluate(model: Qwen3, eval_fn: EvalFn, step: int, comm: Dist) -> dict[str, float]:
     """Rank 0 evaluates; every rank gets the metrics."""
     result = [eval_fn(model) if comm.rank == 0 else None]
     if comm.world > 1:
@@ -612,12 +611,6 @@ def _evaluate(model: Qwen3, eval_fn: EvalFn, step: int, comm: _Dist) -> dict[str
     if "accuracy" not in metrics:
         raise ValueError(f"eval_fn must return a dict with 'accuracy'; it returned keys {sorted(metrics)}")
     return {"step": step, **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}}
-
-
-def _trajectory(cfg: GRPOConfig, reward_names: Sequence[str]) -> dict[str, Any]:
-    """The settings a resumed run must share, as they read back from JSON (tuples become lists)."""
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_FIELDS}
-    return json.loads(json.dumps({**fields, "reward_functions": list(reward_names)}))
 
 
 def train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer,
@@ -641,7 +634,7 @@ def train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer,
 
 def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, rows: Sequence[dict[str, Any]],
                 cfg: GRPOConfig, out_dir: Path, eval_fn: EvalFn | None, log: LogFn | None,
-                reward_fns: Mapping[str, RewardFn] | None, device: torch.device, autocast: Any, comm: _Dist,
+                reward_fns: Mapping[str, RewardFn] | None, device: torch.device, autocast: Any, comm: Dist,
                 t_start: float) -> dict[str, Any]:
     reward_fns = dict(reward_fns or {name: REWARDS[name] for name in cfg.reward_funcs})
     _check_reference(ref_model, cfg)
@@ -654,33 +647,15 @@ def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, row
     torch.manual_seed(cfg.seed + comm.rank)
     random.seed(cfg.seed + comm.rank)
 
-    trajectory = _trajectory(cfg, list(reward_fns))
+    key = {**run_settings(cfg), "reward functions": list(reward_fns), "training data": data_sha}
     state: dict[str, Any] = {"step": 0, "data_position": 0, "rewards": [], "evals": []}
-    ckpt = latest_checkpoint(out_dir)
-    if ckpt is not None:
-        saved = read_json(ckpt / "state.json")
-        if saved["trajectory"] != trajectory or saved["data_sha256"] != data_sha:
-            changed = [k for k in trajectory if saved["trajectory"].get(k) != trajectory[k]]
-            raise ValueError(f"{ckpt} was written by a run with different "
-                             f"{'settings ' + str(changed) if changed else 'training data'}; resume with the "
-                             f"same ones, or delete {out_dir} to start over")
-        loaded = _load_checkpoint(ckpt, model, optimizer, comm)
-        state = {k: loaded[k] for k in state}
+    saved = resume(out_dir, model, optimizer, key, comm)
+    if saved is not None:
+        state = {k: saved[k] for k in state}
     resumed_from = state["step"]
     stream.pos = state["data_position"]
     generator = Generator(model, tokenizer, compile=cfg.compile, batch_size=cfg.generation_batch_size)
-
-    metrics_path = out_dir / "metrics.jsonl"
-    if comm.rank == 0:  # what a killed run logged after its checkpoint (all of it, without one) is redone
-        kept = [r for r in read_jsonl(metrics_path) if r["step"] <= state["step"]] if ckpt else []
-        write_jsonl(metrics_path, kept)
-    appender = JsonlAppender(metrics_path) if comm.rank == 0 else None
-
-    def emit(step: int, metrics: dict[str, float]) -> None:
-        if comm.rank == 0:
-            appender.append({"step": step, **metrics})
-            if log:
-                log(step, metrics)
+    emit = StepLog(out_dir, resumed_from, comm.rank, log)
 
     def evaluate_now() -> dict[str, float]:
         ev = _evaluate(model, eval_fn, state["step"], comm)
@@ -694,7 +669,7 @@ def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, row
             out["warning_reward_up_accuracy_down"] = 1.0
         return out
 
-    try:
+    with emit:
         if eval_fn and not state["evals"]:
             emit(state["step"], evaluate_now())
         while state["step"] < cfg.max_steps:
@@ -708,12 +683,44 @@ def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, row
                 metrics.update(evaluate_now())
             emit(state["step"], metrics)
             if end or (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0):
-                _save_checkpoint(out_dir, model, optimizer,
-                                 {**state, "trajectory": trajectory, "data_sha256": data_sha}, comm)
-    finally:
-        if appender:
-            appender.close()
+                save_checkpoint(out_dir, model, optimizer, state, key, comm)
     model.eval()
     return {"steps": state["step"], "resumed_from": resumed_from,
             "reward_mean": state["rewards"][-1] if state["rewards"] else None,
             "evals": state["evals"], "wall_s": time.perf_counter() - t_start}
+
+
+def run_summary(rows: Sequence[dict[str, Any]], result: dict[str, Any],
+                start_records: Sequence[dict[str, Any]] = (), last_records: Sequence[dict[str, Any]] = (),
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(step curve, evaluation curve, metrics) of a finished run, from its per-step log `rows`
+    (out_dir/metrics.jsonl) and `train_grpo`'s result.
+
+    The curves are apart because DVC plots want one shape per file: one row per step (rewards,
+    lengths, clip ratios, KL, ...), one per held-out evaluation. The metrics hold the start and
+    final held-out accuracy (95% Wilson), the mean reward of the first and last tenth of the
+    steps and the warnings raised; with the starting and final evaluation's records, also the
+    paired test of "GRPO beat its starting model" on the same problems (accuracy difference with
+    its 95% bootstrap interval, McNemar's exact p). Raises ValueError without evaluations.
+    """
+    steps = [r for r in rows if "reward_mean" in r]
+    evals = [{"step": r["step"], **{k[5:]: v for k, v in r.items() if k.startswith("eval_")}}
+             for r in rows if "eval_accuracy" in r]
+    if not evals:
+        raise ValueError("the run logged no held-out evaluation: give train_grpo an eval_fn")
+    curve = [{k: v for k, v in r.items() if not k.startswith("eval_")} for r in steps]
+    tenth = max(1, len(steps) // 10)
+    metrics = {
+        **{f"start_{k}": evals[0][k] for k in ("accuracy", "ci_low", "ci_high")},
+        **{k: evals[-1][k] for k in ("accuracy", "ci_low", "ci_high", "n")},
+        "accuracy_gain": evals[-1]["accuracy"] - evals[0]["accuracy"],
+        "reward_first_tenth": sum(r["reward_mean"] for r in steps[:tenth]) / tenth,
+        "reward_last_tenth": sum(r["reward_mean"] for r in steps[-tenth:]) / tenth,
+        "warnings_reward_up_accuracy_down": sum(r.get("warning_reward_up_accuracy_down", 0) for r in rows),
+        "steps": result["steps"], "resumed_from": result["resumed_from"], "wall_s": result["wall_s"],
+        "train_s": sum(r["step_time"] for r in steps),
+    }
+    if start_records and last_records:
+        c = compare_records(start_records, last_records)
+        metrics.update({f"paired_{k}": c[k] for k in ("diff", "ci_low", "ci_high", "p_value")})
+    return curve, evals, metrics

@@ -21,13 +21,94 @@ Design choices:
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .config import ModelConfig
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 40_960
+
+    def __post_init__(self) -> None:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads}) for grouped-query attention"
+            )
+
+    @property
+    def n_params(self) -> int:
+        """Parameter count (tied embeddings counted once)."""
+        h, d, i = self.hidden_size, self.head_dim, self.intermediate_size
+        attn = h * d * (self.num_attention_heads * 2 + self.num_key_value_heads * 2) + 2 * d
+        block = attn + 3 * h * i + 2 * h
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return self.vocab_size * h + self.num_hidden_layers * block + h + head
+
+    def to_hf(self) -> dict[str, Any]:
+        """A `config.json` that `transformers.Qwen3ForCausalLM` loads."""
+        return {
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            **dataclasses.asdict(self),
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "torch_dtype": "float32",
+            "use_sliding_window": False,
+            "initializer_range": 0.02,
+        }
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
+        """Read the fields we model from a Hugging Face `config.json`; refuse other architectures."""
+        if hf.get("model_type") not in (None, "qwen3"):
+            raise ValueError(f"model_type {hf.get('model_type')!r} is not supported: this engine implements Qwen3")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in hf.items() if k in names}
+        # transformers >= 5 writes rope settings as `rope_parameters`; older files use `rope_theta`
+        # and `rope_scaling`. Only plain RoPE is implemented: refuse scaled variants loudly.
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise ValueError(f"RoPE scaling {rope} is not supported by this engine")
+        if "rope_theta" in rope:
+            kwargs.setdefault("rope_theta", rope["rope_theta"])
+        if "head_dim" not in kwargs:  # older configs leave it implicit
+            kwargs["head_dim"] = hf["hidden_size"] // hf["num_attention_heads"]
+        missing = names - kwargs.keys() - {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        if missing:
+            raise ValueError(f"config.json lacks {sorted(missing)}; is this a Qwen3 checkpoint?")
+        return cls(**kwargs)
+
+
+# Named presets (the released Qwen3 dense shapes) and small shapes for tests and the toy world.
+PRESETS: dict[str, ModelConfig] = {
+    "qwen3-0.6b": ModelConfig(151_936, 1024, 28, 16, 8, 128, 3072),
+    "qwen3-1.7b": ModelConfig(151_936, 2048, 28, 16, 8, 128, 6144),
+    "qwen3-4b": ModelConfig(151_936, 2560, 36, 32, 8, 128, 9728),
+    "qwen3-8b": ModelConfig(151_936, 4096, 36, 32, 8, 128, 12_288, tie_word_embeddings=False),
+    "tiny": ModelConfig(320, 64, 2, 4, 2, 16, 128, rope_theta=10_000.0, max_position_embeddings=512),
+    "tiny-untied": ModelConfig(
+        320, 64, 2, 4, 2, 16, 128, rope_theta=10_000.0, tie_word_embeddings=False, max_position_embeddings=512
+    ),
+}
 
 
 class RMSNorm(nn.Module):

@@ -31,9 +31,7 @@ Design choices:
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
 import math
 import re
 import time
@@ -45,12 +43,15 @@ from typing import Any, Literal, get_args
 import torch
 
 from .config import from_dict, stable_hash
-from .evaluate import grade_record, metrics_from_records, problem_seed, run_resumable
+from .evaluate import metrics_from_records
 from .generate import Completion, SamplingConfig
 from .grading import answers_equivalent, extract_answer
-from .io import atomic_write_text, read_json, read_jsonl, write_json
+from .files import atomic_write_text, read_json, read_jsonl, write_json
 from .metrics import answer_classes, compare_records, mean_pass_at_k
 from .prompts import PromptConfig, render
+from .records import Record, chunked, grade_record, resume_records, run_resumable
+from .report import TABLE_FIELDS, plot_frontier, scaling_table, write_csv
+from .seeds import problem_seed
 
 Aggregate = Literal["single", "majority", "best_of_n", "refine"]
 Scorer = Literal["none", "heuristic", "avg_logprob", "answer_logprob"]
@@ -373,15 +374,14 @@ class _Runner:
 
 def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: MethodConfig,
                records_path: str | Path | None = None, seed: int = 0, batch_size: int = 32,
-               donor: dict[str, dict[str, Any]] | None = None, progress: bool = True,
-               model_id: str = "") -> list[dict[str, Any]]:
+               donor: dict[str, dict[str, Any]] | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Run `method` on `problems` (dataset rows); return one record per problem, in problem order.
 
-    `generator` is a `Generator` (or anything with its `generate`, `model` and `tokenizer`).
-    With `records_path`, records are appended as batches finish and a rerun reuses them (resume).
-    `donor` maps problem id to a record of another sampling method with the same `sample_key`,
-    seed and at least n samples: its samples are reused instead of generated. `model_id` (e.g. a
-    weights hash) is stored in each record, so a resume never mixes two models' records.
+    `generator` is a `Generator` (or anything with its `generate`, `model`, `tokenizer` and
+    `model_id`). With `records_path`, records are appended as batches finish and a rerun reuses
+    them (resume). `donor` maps problem id to a record of another sampling method with the same
+    `sample_key`, seed and at least n samples: its samples are reused instead of generated. The
+    generator's `model_id` is stored in each record, so a resume never mixes two models' records.
     """
     problems = list(problems)
     if not problems:
@@ -392,10 +392,16 @@ def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: Metho
     rows = {pid: p for pid, p in zip(ids, problems)}
     prompts = {pid: render(p["problem"], method.prompt) for pid, p in rows.items()}
     golds = {pid: str(p["answer"]) for pid, p in rows.items()}
-    done = _resume(Path(records_path), method, seed, model_id, prompts, golds) if records_path else {}
+    model_id = generator.model_id
+    expected = {pid: {"prompt": prompts[pid], "gold": golds[pid]} for pid in ids}
+    done = resume_records(records_path, expected, {"config_hash": method.hash(seed), "model_id": model_id},
+                          f"configuration of method {method.name!r}",
+                          regrade=lambda r: {**r, "samples": [_graded(s, r["gold"]) for s in r["samples"]]},
+                          ) if records_path else {}
     todo = sorted((pid for pid in ids if pid not in done), key=lambda pid: len(prompts[pid]))
     per_chunk = batch_size if method.aggregate == "refine" else max(1, batch_size // method.n)
     runner = _Runner(generator, method, seed)
+
     def work(chunk: list[str]) -> dict[str, dict[str, Any]]:
         if method.aggregate == "refine":
             new = _refine(runner, chunk, rows, prompts, golds)
@@ -412,8 +418,7 @@ def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: Metho
         return {pid: {"id": pid, "prompt": prompts[pid], "gold": golds[pid], "config_hash": method.hash(seed),
                       "prompt_hash": method.prompt.hash, "model_id": model_id, **new[pid]} for pid in chunk}
 
-    records = run_resumable(ids, done, todo, per_chunk, work, records_path, progress, method.name)
-    return records
+    return run_resumable(ids, done, chunked(todo, per_chunk, work), records_path, progress, method.name)
 
 
 def _donated(donor: dict[str, dict[str, Any]], pid: str, prompt: str, n: int) -> list[dict[str, Any]]:
@@ -470,31 +475,9 @@ def _refine(runner: _Runner, chunk: list[str], rows: dict[str, dict], prompts: d
     return rec
 
 
-def _resume(path: Path, method: MethodConfig, seed: int, model_id: str, prompts: dict[str, str],
-            golds: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Records already in `path` for these problems, samples regraded; refuse another config, model
-    or data."""
-    done: dict[str, dict[str, Any]] = {}
-    for r in read_jsonl(path):
-        if r.get("config_hash") != method.hash(seed):
-            raise ValueError(f"{path} holds records of a different configuration of method {method.name!r} "
-                             f"(hash {r.get('config_hash')}, now {method.hash(seed)}); delete it to rerun")
-        if r.get("model_id") != model_id:
-            raise ValueError(f"{path} holds records of model {r.get('model_id')!r}, not {model_id!r}; "
-                             "delete it to rerun")
-        pid = r["id"]
-        if pid not in prompts or pid in done:
-            continue
-        if r["prompt"] != prompts[pid] or r["gold"] != golds[pid]:
-            raise ValueError(f"{path}: problem {pid!r} differs from the one its record was made for (the "
-                             "dataset changed); delete the file to rerun")
-        done[pid] = {**r, "samples": [_graded(s, r["gold"]) for s in r["samples"]]}
-    return done
-
-
 def run_grid(generator: Any, problems: Sequence[dict[str, Any]], methods: Sequence[MethodConfig],
-             records_dir: str | Path, seed: int = 0, batch_size: int = 32, progress: bool = True,
-             model_id: str = "") -> dict[str, list[dict[str, Any]]]:
+             records_dir: str | Path, seed: int = 0, batch_size: int = 32,
+             progress: bool = True) -> dict[str, list[dict[str, Any]]]:
     """Run every method (records in records_dir/<name>.jsonl); sampling methods with the same
     `sample_key` share the samples of the one with the largest n, which runs first."""
     records: dict[str, list[dict[str, Any]]] = {}
@@ -504,7 +487,7 @@ def run_grid(generator: Any, problems: Sequence[dict[str, Any]], methods: Sequen
         donor_name = donors.get(m.sample_key) if m.aggregate != "refine" else None
         donor = {r["id"]: r for r in records[donor_name]} if donor_name else None
         records[m.name] = run_method(generator, problems, m, Path(records_dir) / f"{m.name}.jsonl", seed,
-                                     batch_size, donor, progress, model_id)
+                                     batch_size, donor, progress)
         if m.aggregate != "refine":
             donors.setdefault(m.sample_key, m.name)
     return {m.name: records[m.name] for m in methods}
@@ -514,21 +497,20 @@ def run_grid(generator: Any, problems: Sequence[dict[str, Any]], methods: Sequen
 # Metrics, table, frontier plot, best setting
 # ---------------------------------------------------------------------------------------------
 
-def budget_records(records: Sequence[dict[str, Any]], method: MethodConfig, k: int) -> list[dict[str, Any]]:
-    """One evaluate-shaped record per problem for `method` at budget k: the chosen answer's completion
-    and verdict, with the tokens and seconds the budget spent (so evaluate's metrics and the paired
-    tests of reasoning.metrics apply unchanged)."""
+def budget_records(records: Sequence[dict[str, Any]], method: MethodConfig, k: int) -> list[Record]:
+    """One `Record` per problem for `method` at budget k: the chosen answer's completion and verdict,
+    with the tokens and seconds the budget spent (so evaluate's metrics and the paired tests of
+    reasoning.metrics apply unchanged)."""
     view = []
     for r in records:
         i = select(r, method, k)
         chosen = r["samples"][i] if i is not None else {"completion": "", "extracted": None, "correct": False,
                                                            "reason": "no-answer", "truncated": False}
         tokens, seconds = budget_cost(r, method, k)
-        view.append({"id": r["id"], "prompt": r["prompt"], "gold": r["gold"],
-                     **{key: chosen[key] for key in ("completion", "extracted", "correct", "reason",
-                                                     "truncated")},
-                     "generated_tokens": tokens, "seconds": seconds, "config_hash": r["config_hash"],
-                     "prompt_hash": r["prompt_hash"], "model_id": r["model_id"]})
+        view.append(Record(id=r["id"], prompt=r["prompt"], completion=chosen["completion"], gold=r["gold"],
+                           extracted=chosen["extracted"], correct=chosen["correct"], reason=chosen["reason"],
+                           generated_tokens=tokens, truncated=chosen["truncated"], seconds=seconds,
+                           config_hash=r["config_hash"], prompt_hash=r["prompt_hash"], model_id=r["model_id"]))
     return view
 
 
@@ -581,100 +563,6 @@ def describe(method: MethodConfig, k: int) -> str:
     return f"{decoding}{cot}"
 
 
-TABLE_FIELDS = ("method", "budget", "label", "accuracy", "ci_low", "ci_high", "diff", "diff_ci_low",
-                "diff_ci_high", "p_value", "pass_at_k", "tokens_per_problem", "tokens_total", "wall_time_s",
-                "truncation_rate", "n")
-
-
-def format_table(rows: Sequence[dict[str, Any]], model: str) -> str:
-    """Markdown table shaped like the book's chapter 4/5 tables, with intervals and tokens added."""
-    lines = ["| # | Method | Setting | Model | Accuracy [95% CI] | vs #1 [95% CI], p | pass@k "
-             "| Tokens / problem | Tokens | Time |",
-             "|---|--------|---------|-------|-------------------|-------------------|--------"
-             "|------------------|--------|------|"]
-    for i, r in enumerate(rows, 1):
-        pass_k = "-" if r["pass_at_k"] is None else f"{100 * r['pass_at_k']:.1f}%"
-        diff = "-" if r["diff"] is None else (f"{100 * r['diff']:+.1f} [{100 * r['diff_ci_low']:+.1f}, "
-                                             f"{100 * r['diff_ci_high']:+.1f}], p={r['p_value']:.2g}")
-        lines.append(f"| {i} | {r['label']} | {r['method']}@{r['budget']} | {model} | "
-                     f"{100 * r['accuracy']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] | "
-                     f"{diff} | {pass_k} | "
-                     f"{r['tokens_per_problem']:.1f} | {r['tokens_total']} | {_duration(r['wall_time_s'])} |")
-    n = rows[0]["n"] if rows else 0
-    lines.append(f"\n{n} problems. Accuracy in %, with its 95% Wilson interval; \"vs #1\": the paired "
-                 "accuracy difference to row 1 on the same problems (points, 95% bootstrap interval, "
-                 "McNemar's exact p). pass@k: unbiased estimate from all samples of the method (an upper "
-                 "bound on any selection). Time: generation time of the samples (and critiques) each row "
-                 "uses, a batch's time split by generated tokens, plus scoring; rows of one method come "
-                 "from one run at its largest budget.")
-    return "\n".join(lines) + "\n"
-
-
-def format_csv(rows: Sequence[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=TABLE_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the (cost, accuracy) points no other point beats (cost <= and accuracy >=, one
-    strictly), sorted by cost; of exact duplicates the first is kept."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1], i))
-    frontier, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            frontier.append(i)
-            best = points[i][1]
-    return frontier
-
-
-def plot_frontier(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """Accuracy (with 95% intervals) against generated tokens per problem, one line per method,
-    the Pareto frontier marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == name]
-        x = [r["tokens_per_problem"] for r in rs]
-        y = [r["accuracy"] for r in rs]
-        err = [[max(0.0, r["accuracy"] - r["ci_low"]) for r in rs],  # max: rounding at accuracy 0 or 1
-               [max(0.0, r["ci_high"] - r["accuracy"]) for r in rs]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name, alpha=0.85)
-    front = [rows[i] for i in pareto_frontier([(r["tokens_per_problem"], r["accuracy"]) for r in rows])]
-    ax.step([r["tokens_per_problem"] for r in front], [r["accuracy"] for r in front], where="post",
-            color="black", linestyle="--", linewidth=1, label="Pareto frontier")
-    ax.scatter([r["tokens_per_problem"] for r in front], [r["accuracy"] for r in front], s=140,
-               facecolors="none", edgecolors="black", zorder=5)
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))  # 50, not 5x10^1
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("generated tokens per problem (log scale)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or "Inference-time scaling: accuracy vs. generated tokens")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    from .io import atomic_write_bytes
-
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def best_setting(rows: Sequence[dict[str, Any]], methods: Sequence[MethodConfig]) -> dict[str, Any]:
     """The most accurate (method, budget); fewer tokens per problem breaks ties. `config` runs that
     setting alone (`MethodConfig.at_budget`); `source_config` is the method whose records hold it."""
@@ -703,8 +591,8 @@ def write_outputs(out_dir: str | Path, methods: Sequence[MethodConfig],
     """table.md, table.csv, frontier.png, metrics.json and best.json under out_dir; returns the metrics."""
     out = Path(out_dir)
     rows = grid_metrics(methods, records)
-    atomic_write_text(out / "table.md", format_table(rows, model))
-    atomic_write_text(out / "table.csv", format_csv(rows))
+    atomic_write_text(out / "table.md", scaling_table(rows, model))
+    write_csv(out / "table.csv", rows, TABLE_FIELDS)
     plot_frontier(rows, out / "frontier.png",
                   f"{model}: accuracy vs. generated tokens ({rows[0]['n']} problems)")
     best = best_setting(rows, methods)

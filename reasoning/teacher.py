@@ -1,171 +1,146 @@
-"""A client for OpenAI-compatible chat-completions endpoints (vLLM, Ollama, hosted providers).
+"""Teachers for distillation (the book's chapter 8): where raw reasoning samples come from.
 
 Design choices:
-- Standard library only (`urllib.request` + `concurrent.futures`): one POST per request, no SDK,
-  so the project gains no dependency and the client works against any server that speaks
-  `/v1/chat/completions`.
-- The API key is read from the environment variable named in the config, never from a file or
-  the params, so it stays out of DVC's params, logs and provenance records.
-- Transient failures (HTTP 429 and 5xx, connection errors, timeouts) are retried with
-  exponential backoff and jitter, honouring a numeric `Retry-After`; other HTTP errors (a wrong
-  model name, a bad key) fail at once with the server's message, since retrying cannot fix them.
-- Servers that ignore `n` (Ollama does) get further requests until n choices are collected.
-- A reasoning model's thinking arrives either as a separate `reasoning_content` (vLLM, DeepSeek)
-  or `reasoning` (OpenRouter) field, or inline as `<think>...</think>` in the content; the
-  client returns both fields untouched and `reasoning.distill.split_trace` interprets them.
+- A teacher is anything with `sample(problems, n, seeds)` yielding (problem index, n raw samples,
+  seconds) as problems finish, in any order: the engine (any checkpoint we load, prompted by a
+  `PromptConfig`), an OpenAI-compatible endpoint (`reasoning.endpoint`), or a file of traces
+  generated elsewhere (the book's published ones), matched to our problems by normalised text.
+- All three hand back the same raw sample shape (text, optional separate reasoning, finish
+  reason, tokens); `reasoning.distill` turns each into (thinking, content) the same way, and
+  verifies and contamination-checks imported traces like fresh ones.
+- `info` (kind, id, revision) names the teacher in every trace and in the journal's name: the
+  engine's revision is its weights' content hash (`weights.model_id`), so a retrained model is a
+  new teacher; a file's is its sha256; an endpoint's is what the params record.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import socket
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
-RETRY_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
-
-
-class EndpointError(RuntimeError):
-    """The endpoint refused a request, or kept failing after all retries."""
+from .data import normalize_problem
+from .endpoint import ChatClient, EndpointConfig
+from .files import read_json, read_jsonl, sha256_file
+from .generate import Generator, SamplingConfig, load_generator
+from .prompts import COT_SUFFIX, PromptConfig, render
 
 
 @dataclass(frozen=True)
-class EndpointConfig:
-    base_url: str = "http://localhost:8000/v1"  # vLLM's default; Ollama: http://localhost:11434/v1
-    api_key_env: str = ""  # name of the environment variable holding the key; "" sends no key
-    timeout_s: float = 600.0  # per request; long reasoning traces take minutes
-    max_retries: int = 5
-    backoff_s: float = 2.0  # first retry waits about this long, doubling each time
-    max_backoff_s: float = 60.0
-    concurrency: int = 8  # requests in flight at once
-    extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. {"chat_template_kwargs": {...}} for vLLM
+class TeacherConfig:
+    kind: str = "engine"  # "engine" (a checkpoint we load), "endpoint" (OpenAI-compatible server) or "file"
+    # engine: checkpoint dir or hub id; endpoint: the served model name; file: a JSON/JSONL path or
+    # hf:<owner>/<dataset>/<file> with rows {problem, message_thinking, message_content}
+    model: str = "data/models/base"
+    revision: str = ""  # engine: recorded (default: the weights' content hash); endpoint: recorded;
+    # file: the hub revision to download (the recorded revision is the file's sha256)
+    prompt: PromptConfig = PromptConfig(cot_suffix=COT_SUFFIX)
+    endpoint: EndpointConfig = EndpointConfig()
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    batch_size: int = 64  # engine: sequences (problems x n) decoded together
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint base_url {self.base_url!r} must start with http:// or https://")
-        if self.timeout_s <= 0 or self.max_retries < 0 or self.backoff_s < 0 or self.concurrency < 1:
-            raise ValueError("endpoint needs timeout_s > 0, max_retries >= 0, backoff_s >= 0 and "
-                             "concurrency >= 1")
+        if self.kind not in ("engine", "endpoint", "file"):
+            raise ValueError(f"teacher kind {self.kind!r} is unknown; use 'engine', 'endpoint' or 'file'")
+        if self.kind == "endpoint" and self.prompt.template != "chat":
+            raise ValueError("an endpoint applies its own chat template: set teacher.prompt.template: chat")
 
 
-@dataclass(frozen=True)
-class Choice:
-    content: str
-    reasoning: str | None  # the separate reasoning field, when the server sends one
-    finish_reason: str  # "stop" or "length"
-    model: str  # the model id the server reports having run (provenance)
+class Teacher(Protocol):
+    info: dict[str, str]  # kind, id, revision
+
+    def sample(self, problems: Sequence[str], n: int,
+               seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
+        """Yield (problem index, n raw samples, seconds) as problems finish, in any order."""
+        ...
 
 
-class ChatClient:
-    """POST chat completions with retries; `complete_many` runs requests concurrently."""
+class EngineTeacher:
+    """A model run by our engine; problems go through `render(problem, prompt)`."""
 
-    def __init__(self, cfg: EndpointConfig, model: str, sleep: Callable[[float], None] = time.sleep):
-        self.cfg, self.model, self._sleep = cfg, model, sleep
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Content-Type": "application/json"}
-        if cfg.api_key_env:
-            key = os.environ.get(cfg.api_key_env, "")
-            if not key:
-                raise EndpointError(f"environment variable {cfg.api_key_env} is empty or unset: export the API "
-                                    "key there, or set api_key_env: '' for a server without authentication")
-            self._headers["Authorization"] = f"Bearer {key}"
+    def __init__(self, generator: Generator, prompt: PromptConfig, sampling: SamplingConfig,
+                 info: dict[str, str]):
+        self.generator, self.prompt, self.sampling, self.info = generator, prompt, sampling, info
 
-    def complete(self, messages: Sequence[dict[str, str]], n: int = 1, temperature: float = 0.7,
-                 top_p: float = 1.0, max_tokens: int = 1024, seed: int | None = None,
-                 stop: Sequence[str] = ()) -> list[Choice]:
-        """n choices for one conversation; asks again while the server returns fewer than n."""
-        choices: list[Choice] = []
-        for attempt in range(n):  # a server honouring n answers in one request
-            body: dict[str, Any] = {"model": self.model, "messages": list(messages), "n": n - len(choices),
-                                    "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
-                                    **self.cfg.extra_body}
-            if seed is not None:
-                body["seed"] = seed + attempt  # a repeated request must not repeat the same sample
-            if stop:
-                body["stop"] = list(stop)
-            reply = self._post(body)
-            for c in reply.get("choices") or []:
-                msg = c.get("message") or {}
-                choices.append(Choice(
-                    content=msg.get("content") or "",
-                    reasoning=msg.get("reasoning_content") or msg.get("reasoning"),
-                    finish_reason="length" if c.get("finish_reason") == "length" else "stop",
-                    model=str(reply.get("model") or self.model),
-                ))
-            if len(choices) >= n:
-                return choices[:n]
-        raise EndpointError(f"{self.url} returned {len(choices)} of {n} choices after {n} requests")
-
-    def complete_many(self, requests: Sequence[dict[str, Any]]) -> Iterator[tuple[int, list[Choice], float]]:
-        """Run `complete(**request)` for each request, at most `concurrency` at once.
-
-        Yields (request index, choices, seconds) as requests finish, so callers can record each
-        result at once; the first request that fails for good cancels the rest and raises.
-        """
-        with ThreadPoolExecutor(self.cfg.concurrency) as pool:
-            pending = {}
-            todo = iter(enumerate(requests))
-
-            def submit() -> None:
-                for i, req in todo:
-                    pending[pool.submit(self._timed, req)] = i
-                    if len(pending) >= self.cfg.concurrency:
-                        return
-
-            submit()
-            try:
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        i = pending.pop(fut)
-                        choices, seconds = fut.result()
-                        yield i, choices, seconds
-                    submit()
-            finally:
-                for fut in pending:
-                    fut.cancel()
-
-    def _timed(self, request: dict[str, Any]) -> tuple[list[Choice], float]:
-        t0 = time.perf_counter()
-        choices = self.complete(**request)
-        return choices, time.perf_counter() - t0
-
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode()
-        for attempt in range(self.cfg.max_retries + 1):
-            retry_after = None
-            try:
-                req = urllib.request.Request(self.url, data=data, headers=self._headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-                    return json.loads(resp.read().decode())
-            except urllib.error.HTTPError as e:
-                detail = e.read().decode(errors="replace")[:500]
-                if e.code not in RETRY_STATUS:
-                    hint = " (check the key in the variable named by api_key_env)" if e.code in (401, 403) else ""
-                    raise EndpointError(f"{self.url} answered HTTP {e.code}: {detail}{hint}") from None
-                error = f"HTTP {e.code}: {detail}"
-                retry_after = _seconds(e.headers.get("Retry-After"))
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
-                error = f"{type(e).__name__}: {e}"
-            except json.JSONDecodeError as e:
-                error = f"reply is not JSON ({e})"
-            if attempt == self.cfg.max_retries:
-                raise EndpointError(f"{self.url} failed {attempt + 1} times; last error {error}")
-            cap = min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2 ** attempt)
-            self._sleep(min(retry_after, self.cfg.max_backoff_s) if retry_after is not None
-                        else cap * (0.5 + random.random() / 2))
-        raise AssertionError("unreachable")
+    def sample(self, problems: Sequence[str], n: int,
+               seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
+        per_call = max(1, self.generator.batch_size // n)  # one decode batch per call, journaled after it
+        for start in range(0, len(problems), per_call):
+            chunk = range(start, min(start + per_call, len(problems)))
+            t0 = time.perf_counter()
+            outs = self.generator.generate([render(problems[i], self.prompt) for i in chunk], self.sampling,
+                                           n=n, seeds=[seeds[i] for i in chunk])
+            share = (time.perf_counter() - t0) / len(chunk)
+            for i, comps in zip(chunk, outs):
+                yield i, [{"text": c.text, "reasoning": None, "finish_reason": c.finish_reason,
+                           "tokens": len(c.tokens)} for c in comps], share
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:  # an HTTP date: fall back to our own backoff
-        return None
+class EndpointTeacher:
+    """A model behind an OpenAI-compatible endpoint; the server applies its chat template."""
+
+    def __init__(self, client: ChatClient, prompt: PromptConfig, sampling: SamplingConfig, info: dict[str, str]):
+        self.client, self.prompt, self.sampling, self.info = client, prompt, sampling, info
+
+    def sample(self, problems: Sequence[str], n: int,
+               seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
+        system = [{"role": "system", "content": self.prompt.system}] if self.prompt.system else []
+        s = self.sampling
+        requests = [{"messages": system + [{"role": "user", "content": p.strip() + self.prompt.cot_suffix}],
+                     "n": n, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_new_tokens,
+                     "seed": seed % 2**31, "stop": s.stop_strings}  # 31 bits: some servers take int32 seeds
+                    for p, seed in zip(problems, seeds)]
+        for i, choices, seconds in self.client.complete_many(requests):
+            yield i, [{"text": c.content, "reasoning": c.reasoning, "finish_reason": c.finish_reason,
+                       "tokens": None, "model": c.model} for c in choices], seconds
+
+
+class FileTeacher:
+    """Traces generated elsewhere (rows {problem, message_thinking, message_content}), looked up by problem."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], info: dict[str, str]):
+        self.info = info
+        self.by_problem: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if not isinstance(r, dict) or not isinstance(r.get("problem"), str) or "message_content" not in r:
+                raise ValueError(f"{info['id']}: a row lacks 'problem' or 'message_content': {str(r)[:200]}")
+            self.by_problem.setdefault(normalize_problem(r["problem"]), []).append(
+                {"text": str(r["message_content"]), "reasoning": r.get("message_thinking"),
+                 "finish_reason": "stop", "tokens": None})
+
+    def sample(self, problems: Sequence[str], n: int,
+               seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
+        for i, p in enumerate(problems):  # a problem the file lacks gets no samples
+            yield i, self.by_problem.get(normalize_problem(p), [])[:n], 0.0
+
+
+def _trace_file(source: str, revision: str) -> Path:
+    path = Path(source)
+    if path.exists():
+        return path
+    parts = source.removeprefix("hf:").split("/", 2)
+    if not source.startswith("hf:") or len(parts) < 3:
+        raise FileNotFoundError(f"trace file {source!r} not found; give a local path or "
+                                "hf:<owner>/<dataset>/<file>")
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download("/".join(parts[:2]), parts[2], repo_type="dataset", revision=revision or None))
+
+
+def load_teacher(cfg: TeacherConfig, sampling: SamplingConfig) -> Teacher:
+    """The engine teacher (model loaded), endpoint teacher (key read) or file teacher that `cfg` names."""
+    if cfg.kind == "endpoint":
+        info = {"kind": "endpoint", "id": cfg.model, "revision": cfg.revision, "base_url": cfg.endpoint.base_url}
+        return EndpointTeacher(ChatClient(cfg.endpoint, cfg.model), cfg.prompt, sampling, info)
+    if cfg.kind == "file":
+        path = _trace_file(cfg.model, cfg.revision)
+        rows = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
+        info = {"kind": "file", "id": cfg.model, "revision": sha256_file(path)[:16]}
+        return FileTeacher(rows, info)
+    generator = load_generator(cfg.model, cfg)
+    info = {"kind": "engine", "id": cfg.model, "revision": cfg.revision or generator.model_id}
+    return EngineTeacher(generator, cfg.prompt, sampling, info)

@@ -15,46 +15,37 @@ Design choices:
   so the data position is the step.
 - The learning rate (linear warmup, cosine decay to `min_lr_ratio * lr`) is a pure function of
   the step, so the schedule's state is the step.
-- Checkpoints hold the full state: the model in our HF format (weights.save_model, fp32 master
-  weights), the AdamW state flattened into safetensors, each rank's torch RNG as uint8 tensors,
-  and JSON for the rest. A checkpoint directory is completed under a temporary name, renamed,
-  and only then named by the atomically written `latest` pointer, so a kill at any moment leaves
-  the previous checkpoint usable. Nothing is unpickled on resume.
+- Resuming is reasoning.checkpoint's: full-state checkpoints, the run key (settings minus
+  `TrainConfig.RUN_ONLY`, the data fingerprint, the architecture) checked on resume, the
+  per-step log (out_dir/metrics.jsonl) cut back to the checkpoint.
 - Under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP (gloo on CPU, NCCL on CUDA) and
   rank r takes slice r of every global batch; rank 0 calls `log` and writes the shared files.
 - fp32 master weights; bf16 autocast when `dtype` resolves to bfloat16 (CUDA by default).
   fp16 would need loss scaling, so it is refused.
-- Metrics go to a `log(step, metrics)` callback: the package never imports a tracker.
+- Metrics go to out_dir/metrics.jsonl and a `log(step, metrics)` callback: the package never
+  imports a tracker.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import math
-import os
 import random
-import shutil
 import time
 from array import array
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .config import resolve_device
-from .io import atomic_write_text, read_json, write_json
+from .checkpoint import Dist, StepLog, resume, run_settings, save_checkpoint, training_setup
+from .config import stable_hash
 from .model import Qwen3
-from .weights import load_model, read_config, save_model
 
 Example = tuple[Sequence[int], Sequence[int]]  # (tokens, loss_mask), equal lengths
 LogFn = Callable[[int, dict[str, float]], None]
@@ -81,6 +72,10 @@ class TrainConfig:
     dtype: str = "auto"
     gradient_checkpointing: bool = False
 
+    # Fields that may change between a run and its resumption: they do not change the trajectory.
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("eval_every", "checkpoint_every", "device", "micro_batch_size",
+                                           "gradient_checkpointing")
+
     def __post_init__(self) -> None:
         problems = [
             msg for bad, msg in [
@@ -97,11 +92,6 @@ class TrainConfig:
         ]
         if problems:
             raise ValueError(f"invalid TrainConfig: {'; '.join(problems)}")
-
-
-# Fields that may change between a run and its resumption: they do not change the trajectory.
-RUN_ONLY_FIELDS = ("eval_every", "checkpoint_every", "device", "micro_batch_size", "gradient_checkpointing")
-LATEST = "latest"
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -163,34 +153,6 @@ def fingerprint(examples: Sequence[Example]) -> str:
     return h.hexdigest()
 
 
-class _Dist:
-    """Rank, world size and collectives; a single process needs no process group."""
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank, self.owns_group = 0, False
-        if self.world > 1:
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-                self.owns_group = True
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            dist.destroy_process_group()
-
-
 def _micro_batches(examples: Sequence[Example], batch: list[int], rank: int, world: int,
                    micro: int) -> list[list[int]]:
     per_rank = len(batch) // world
@@ -208,7 +170,7 @@ def _token_loss_sum(model: torch.nn.Module, batch: tuple[Tensor, Tensor, Tensor]
 
 @torch.no_grad()
 def validation_loss(model: Qwen3, examples: Sequence[Example], micro_batch_size: int, device: torch.device,
-                    autocast: Any = nullcontext(), comm: _Dist | None = None) -> float:
+                    autocast: Any = nullcontext(), comm: Dist | None = None) -> float:
     """Mean target cross-entropy over `examples` (sharded across ranks when distributed)."""
     rank, world = (comm.rank, comm.world) if comm else (0, 1)
     was_training = model.training
@@ -225,99 +187,12 @@ def validation_loss(model: Qwen3, examples: Sequence[Example], micro_batch_size:
     return total / max(count, 1.0)
 
 
-def _optimizer(model: Qwen3, cfg: TrainConfig) -> torch.optim.AdamW:
+def adamw(model: Qwen3, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay on matrices only (not norms or biases)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-
-
-def _trajectory(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings a resumed run must share, as they read back from JSON (tuples become lists)."""
-    return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_FIELDS}))
-
-
-def _save_checkpoint(out_dir: Path, model: Qwen3, opt: torch.optim.Optimizer, state: dict[str, Any],
-                     comm: _Dist) -> None:
-    name = f"step_{state['step']:08d}"
-    tmp = out_dir / f".tmp-{name}"
-    if comm.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    comm.barrier()
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and model.device.type == "cuda":
-        rng["torch_cuda"] = torch.cuda.get_rng_state(model.device)
-    save_file(rng, str(tmp / f"rng_rank{comm.rank}.safetensors"))
-    write_json(tmp / f"python_rng_rank{comm.rank}.json", random.getstate())
-    comm.barrier()
-    if comm.rank == 0:
-        save_model(model, tmp / "model")
-        sd = opt.state_dict()
-        tensors, scalars = {}, {}
-        for pid, entries in sd["state"].items():
-            for key, value in entries.items():
-                if torch.is_tensor(value):
-                    tensors[f"{pid}.{key}"] = value.detach().contiguous().cpu()
-                else:
-                    scalars[f"{pid}.{key}"] = value
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        write_json(tmp / "state.json", {**state, "param_groups": sd["param_groups"], "optimizer_scalars": scalars,
-                                        "world_size": comm.world})
-        final = out_dir / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        atomic_write_text(out_dir / LATEST, name + "\n")
-        for old in out_dir.iterdir():  # older checkpoints and leftovers of killed saves
-            if old.is_dir() and old.name != name and (old.name.startswith("step_") or old.name.startswith(".tmp-")):
-                shutil.rmtree(old, ignore_errors=True)
-    comm.barrier()
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The directory named by `out_dir/latest`, or None when no checkpoint was completed."""
-    pointer = Path(out_dir) / LATEST
-    if not pointer.exists():
-        return None
-    ckpt = Path(out_dir) / pointer.read_text().strip()
-    if not (ckpt / "state.json").exists():
-        raise ValueError(f"{pointer} names {ckpt}, which is missing or incomplete; delete {out_dir} to start over")
-    return ckpt
-
-
-def _check_resumable(ckpt: Path, cfg: TrainConfig, data_sha: str, model: Qwen3) -> None:
-    saved = read_json(ckpt / "state.json")
-    changed = [k for k, v in _trajectory(cfg).items() if saved["trajectory"].get(k) != v]
-    if model.config != read_config(ckpt / "model"):
-        changed.append("model architecture")
-    if saved["data_sha256"] != data_sha:
-        changed.append("training data")
-    if changed:
-        raise ValueError(f"{ckpt} was written by a run with a different {', '.join(changed)}; resume with "
-                         f"the same ones, or delete {ckpt.parent} to start over")
-
-
-def _load_checkpoint(ckpt: Path, model: Qwen3, opt: torch.optim.Optimizer, comm: _Dist) -> dict[str, Any]:
-    state = read_json(ckpt / "state.json")
-    model.load_state_dict(load_model(ckpt / "model", torch.float32, model.device).state_dict())
-    per_param: dict[int, dict[str, Any]] = defaultdict(dict)
-    for key, value in load_file(str(ckpt / "optimizer.safetensors")).items():
-        pid, name = key.split(".", 1)
-        per_param[int(pid)][name] = value
-    for key, value in state["optimizer_scalars"].items():
-        pid, name = key.split(".", 1)
-        per_param[int(pid)][name] = value
-    groups = [{**g, "betas": tuple(g["betas"])} for g in state["param_groups"]]
-    opt.load_state_dict({"state": dict(per_param), "param_groups": groups})
-    # A run resumed on a different number of ranks reuses rank 0's RNG state for new ranks.
-    rank = comm.rank if (ckpt / f"rng_rank{comm.rank}.safetensors").exists() else 0
-    rng = load_file(str(ckpt / f"rng_rank{rank}.safetensors"))
-    torch.set_rng_state(rng["torch_cpu"])
-    if "torch_cuda" in rng and model.device.type == "cuda":
-        torch.cuda.set_rng_state(rng["torch_cuda"], model.device)
-    version, internal, gauss = read_json(ckpt / f"python_rng_rank{rank}.json")
-    random.setstate((version, tuple(internal), gauss))
-    return state
 
 
 def train(model: Qwen3, train_examples: Sequence[Example], cfg: TrainConfig, out_dir: str | Path,
@@ -325,35 +200,17 @@ def train(model: Qwen3, train_examples: Sequence[Example], cfg: TrainConfig, out
     """Train `model` in place on next-token prediction; resume from `out_dir` if it holds a checkpoint.
 
     Returns {steps, train_loss, val_loss, examples, dropped, tokens_seen, wall_s, resumed_from}.
-    `log(step, metrics)` (rank 0 only) gets loss, lr, grad_norm, tokens_per_s, step_time and
-    epoch after every step, and val_loss after each validation.
+    Rank 0 appends to out_dir/metrics.jsonl and calls `log(step, metrics)`: loss, lr, grad_norm,
+    tokens_per_s, step_time and epoch after every step, and val_loss after each validation.
     """
     t_start = time.perf_counter()
     with training_setup(cfg.device, cfg.dtype, "this loop") as (device, dtype, comm):
         return _train(model, train_examples, cfg, Path(out_dir), val_examples, log, device, dtype, comm, t_start)
 
 
-@contextmanager
-def training_setup(device_name: str, dtype_name: str,
-                   loop: str) -> Iterator[tuple[torch.device, torch.dtype, _Dist]]:
-    """(device, dtype, process group) for a training loop; under torchrun each process takes its
-    LOCAL_RANK's GPU. The process group this opens is closed on exit. Shared by SFT/pretraining and GRPO."""
-    device, dtype = resolve_device(device_name, dtype_name)
-    if dtype == torch.float16:
-        raise ValueError(f"dtype float16 needs loss scaling, which {loop} does not do; use bfloat16 or float32")
-    comm = _Dist(device)
-    try:
-        if device.type == "cuda" and comm.world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        yield device, dtype, comm
-    finally:
-        comm.close()
-
-
 def _train(model: Qwen3, train_examples: Sequence[Example], cfg: TrainConfig, out_dir: Path,
            val_examples: Sequence[Example] | None, log: LogFn | None, device: torch.device,
-           dtype: torch.dtype, comm: _Dist, t_start: float) -> dict[str, Any]:
+           dtype: torch.dtype, comm: Dist, t_start: float) -> dict[str, Any]:
     examples, dropped = filter_examples(train_examples, cfg.max_len)
     val, _ = filter_examples(val_examples or [], cfg.max_len)
     if cfg.batch_size % comm.world:
@@ -364,21 +221,32 @@ def _train(model: Qwen3, train_examples: Sequence[Example], cfg: TrainConfig, ou
         raise ValueError(f"{len(examples)} usable examples ({dropped} dropped by max_len {cfg.max_len} or for "
                          f"having no target) do not fill one batch of {cfg.batch_size}; lower batch_size")
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    lengths = [len(t) for t, _ in examples]
     data_sha = fingerprint(examples)
 
     model.to(device=device, dtype=torch.float32)  # fp32 master weights
     model.gradient_checkpointing = cfg.gradient_checkpointing
-    opt = _optimizer(model, cfg)
+    opt = adamw(model, cfg)
     torch.manual_seed(cfg.seed + comm.rank)
     random.seed(cfg.seed + comm.rank)
+    key = {**run_settings(cfg), "training data": data_sha, "model architecture": stable_hash(model.config)}
     state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "train_loss": None, "val_loss": None}
-    ckpt = latest_checkpoint(out_dir)
-    if ckpt is not None:
-        _check_resumable(ckpt, cfg, data_sha, model)
-        saved = _load_checkpoint(ckpt, model, opt, comm)
+    saved = resume(out_dir, model, opt, key, comm)
+    if saved is not None:
         state = {k: saved[k] for k in state}
     resumed_from = state["step"]
+    with StepLog(out_dir, resumed_from, comm.rank, log) as step_log:
+        _loop(model, examples, val, cfg, out_dir, opt, state, key, total_steps, steps_per_epoch, step_log,
+              device, dtype, comm)
+    return {"steps": total_steps, "train_loss": state["train_loss"], "val_loss": state["val_loss"],
+            "examples": len(examples), "dropped": dropped, "tokens_seen": state["tokens_seen"],
+            "wall_s": time.perf_counter() - t_start, "resumed_from": resumed_from}
+
+
+def _loop(model: Qwen3, examples: list[Example], val: list[Example], cfg: TrainConfig, out_dir: Path,
+          opt: torch.optim.Optimizer, state: dict[str, Any], key: dict[str, Any], total_steps: int,
+          steps_per_epoch: int, log: StepLog, device: torch.device, dtype: torch.dtype, comm: Dist) -> None:
+    """Optimizer steps from state["step"] to total_steps, updating `state` in place."""
+    lengths = [len(t) for t, _ in examples]
 
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                      else None) if comm.world > 1 else None)
@@ -388,10 +256,9 @@ def _train(model: Qwen3, train_examples: Sequence[Example], cfg: TrainConfig, ou
     model.train()
 
     def checkpoint() -> None:
-        _save_checkpoint(out_dir, model, opt, {
+        save_checkpoint(out_dir, model, opt, {
             **state, "epoch": state["step"] // steps_per_epoch, "batch_in_epoch": state["step"] % steps_per_epoch,
-            "total_steps": total_steps, "trajectory": _trajectory(cfg), "data_sha256": data_sha,
-        }, comm)
+            "total_steps": total_steps}, key, comm)
 
     batches, batches_epoch = [], -1
     while state["step"] < total_steps:
@@ -421,18 +288,13 @@ def _train(model: Qwen3, train_examples: Sequence[Example], cfg: TrainConfig, ou
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
         state.update(step=step + 1, tokens_seen=state["tokens_seen"] + n_tokens, train_loss=loss_sum / n_targets)
-        if log and comm.rank == 0:
-            log(step + 1, {"loss": state["train_loss"], "lr": lr, "grad_norm": grad_norm,
-                           "tokens_per_s": n_tokens / dt, "step_time": dt, "epoch": epoch})
+        log(step + 1, {"loss": state["train_loss"], "lr": lr, "grad_norm": grad_norm,
+                       "tokens_per_s": n_tokens / dt, "step_time": dt, "epoch": epoch})
         end = state["step"] == total_steps
         epoch_end = state["step"] % steps_per_epoch == 0
         if val and (end or epoch_end or (cfg.eval_every and state["step"] % cfg.eval_every == 0)):
             state["val_loss"] = validation_loss(model, val, cfg.micro_batch_size, device, autocast, comm)
-            if log and comm.rank == 0:
-                log(state["step"], {"val_loss": state["val_loss"]})
+            log(state["step"], {"val_loss": state["val_loss"]})
         if end or epoch_end or (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0):
             checkpoint()
     model.eval()
-    return {"steps": total_steps, "train_loss": state["train_loss"], "val_loss": state["val_loss"],
-            "examples": len(examples), "dropped": dropped, "tokens_seen": state["tokens_seen"],
-            "wall_s": time.perf_counter() - t_start, "resumed_from": resumed_from}

@@ -20,8 +20,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import ModelConfig
-from .model import Qwen3
+from .config import stable_hash
+from .files import sha256_file
+from .model import ModelConfig, Qwen3
 
 HF_PREFIX = "model."
 SOURCE_HELP = (
@@ -82,6 +83,15 @@ def _weight_files(ckpt: Path) -> list[Path]:
     if not files or missing:
         raise CheckpointError(f"{ckpt}: safetensors weight files missing {missing or ''}; re-download the checkpoint")
     return files
+
+
+def model_id(ckpt: str | Path) -> str:
+    """The model's identity: a content hash (16 hex digits) of its safetensors weight files.
+
+    Every stage names a model by it (records, resume journals, training runs, teachers), so a
+    retrained model is a new model whatever its path, and the same weights are the same model
+    wherever they lie. Raises CheckpointError when weight files are missing."""
+    return stable_hash([sha256_file(f) for f in _weight_files(Path(ckpt))])
 
 
 def read_config(ckpt: str | Path) -> ModelConfig:

@@ -1,14 +1,61 @@
-"""Shared stage glue: the command line every stage takes (`--params`, default params.yaml)."""
+"""The one command line every stage takes, and the one way a stage reads its params section.
+
+Design: a stage's paths are written once, in dvc.yaml's `cmd` (or by the user on the command
+line): every path is a flag without a default, so dvc.yaml, the stage and the params never
+disagree about where a file lives. `--params` names the parameters file (default params.yaml),
+and each stage reads the section named after it; `params_file(argv)` lets the Prefect wrapper
+(flows.stage) log exactly the file the stage read.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from reasoning.config import load_section
+
+T = TypeVar("T")
+PARAMS = "params.yaml"
 
 
-def parse_args(prog: str, doc: str, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse a stage's arguments; `doc` (the stage module's docstring) is its --help text."""
-    ap = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc,
+def stage_parser(stage: str, doc: str | None, paths: Sequence[tuple[str, str]], epilog: str | None = None,
+                 optional_paths: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser of `python -m stages.<stage>`: `--params`, then one `--flag PATH` per (flag, help) of
+    `paths`, required unless named in `optional_paths`. `doc` (the module docstring) is the --help text."""
+    ap = argparse.ArgumentParser(prog=f"python -m stages.{stage}", description=doc, epilog=epilog,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
-    return ap.parse_args(argv)
+    ap.add_argument("--params", default=PARAMS, type=Path,
+                    help=f"parameters file; the stage reads its section `{stage}` (default: %(default)s)")
+    for flag, help_ in paths:
+        ap.add_argument(flag, type=Path, required=flag not in optional_paths, metavar="PATH", help=help_)
+    return ap
+
+
+def add_run_flags(ap: argparse.ArgumentParser, what: str = "problems") -> None:
+    """`--limit N` (a quick subset, overriding the params) and `--no-progress`."""
+    ap.add_argument("--limit", type=int, metavar="N", help=f"only the first N {what} (overrides the params)")
+    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def stage_config(cls: type[T], stage: str, args: argparse.Namespace) -> T:
+    """The stage's params section as `cls`, with `--limit` applied when the stage has one and it is given."""
+    cfg = load_section(cls, stage, args.params)
+    if getattr(args, "limit", None) is not None:
+        cfg = dataclasses.replace(cfg, limit=args.limit)  # type: ignore[type-var]
+    return cfg
+
+
+def params_file(argv: Sequence[str]) -> Path:
+    """The parameters file a stage given `argv` reads (its `--params`, default params.yaml)."""
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--params", default=PARAMS, type=Path)
+    return ap.parse_known_args(list(argv))[0].params
+
+
+def rank0() -> bool:
+    """True in a single process and on rank 0 under torchrun: the process that writes outputs."""
+    return int(os.environ.get("RANK", "0")) == 0

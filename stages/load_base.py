@@ -1,10 +1,10 @@
-"""Stage `load_base`: the base model as a checkpoint in our format; writes data/models/base/ (+ metadata.json).
+"""Stage `load_base`: the base model as a checkpoint in our format; writes OUT (+ metadata.json), METRICS, CURVE.
 
 Glue only: params section -> LoadBaseConfig. `source: toy` pretrains the embedded toy world's
 base model on the train split (reasoning.toy.pretrain); `hf:<repo>[@<revision>]` or a local
 checkpoint directory is loaded with reasoning.weights and re-saved, so every later stage reads
-one format. metadata.json records the source, the resolved revision, each file's sha256 and
-the parameter count.
+one format. metadata.json records the source, the resolved revision, the model's identity (the
+content hash of its weights, weights.model_id) and the parameter count.
 """
 
 from __future__ import annotations
@@ -15,18 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reasoning.config import load_section, resolve_device
 from reasoning.data import read_dataset
-from reasoning.io import sha256_file, write_json
+from reasoning.devices import resolve_device
+from reasoning.files import write_json
 from reasoning.toy.pretrain import ToyBaseConfig, build_base
-from reasoning.weights import load_model, resolve, save_model
+from reasoning.weights import load_model, model_id, resolve, save_model
 
-from .common import parse_args
+from .common import stage_config, stage_parser
 
-OUT = Path("data/models/base")
-TRAIN = Path("data/datasets/train.jsonl")
-METRICS = Path("data/metrics/load_base.json")
-CURVE = Path("data/plots/load_base.json")
 PROGRESS_EVERY = 100  # training steps between progress lines
 
 
@@ -37,14 +33,14 @@ class LoadBaseConfig:
     toy: ToyBaseConfig = ToyBaseConfig()
 
 
-def _load_and_resave(cfg: LoadBaseConfig) -> dict:
+def _load_and_resave(cfg: LoadBaseConfig, out: Path) -> dict:
     t0 = time.perf_counter()
     ckpt = resolve(cfg.source)
     hf_cfg = json.loads((ckpt / "config.json").read_text())
     dtype_name = (hf_cfg.get("torch_dtype") or hf_cfg.get("dtype") or "float32") if cfg.dtype == "auto" else cfg.dtype
     _, dtype = resolve_device("cpu", dtype_name)
     model = load_model(ckpt, dtype)
-    save_model(model, OUT, tokenizer_path=ckpt / "tokenizer.json")
+    save_model(model, out, tokenizer_path=ckpt / "tokenizer.json")
     # A hub snapshot lives in .../snapshots/<commit>: that commit pins what was loaded.
     revision = ckpt.name if ckpt.parent.name == "snapshots" else None
     return {"params": model.config.n_params, "load_wall_s": time.perf_counter() - t0, "revision": revision,
@@ -52,8 +48,12 @@ def _load_and_resave(cfg: LoadBaseConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args("stages.load_base", __doc__, argv)
-    cfg = load_section(LoadBaseConfig, "load_base", args.params)
+    args = stage_parser("load_base", __doc__, [
+        ("--train", "training split (the toy world's pretraining corpus), e.g. data/datasets/train.jsonl"),
+        ("--out", "output checkpoint directory, e.g. data/models/base"),
+        ("--metrics", "metrics file"), ("--curve", "pretraining loss per step (toy world)"),
+    ]).parse_args(argv)
+    cfg = stage_config(LoadBaseConfig, "load_base", args)
     curve: list[dict] = []
 
     def log(step: int, metrics: dict[str, float]) -> None:
@@ -63,16 +63,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 print(f"step {step}: loss {metrics['loss']:.3f}, {metrics['tokens_per_s']:.0f} tokens/s")
 
     if cfg.source == "toy":
-        metrics, revision = build_base(read_dataset(TRAIN), OUT, cfg.toy, log=log), None
+        metrics, revision = build_base(read_dataset(args.train), args.out, cfg.toy, log=log), None
     else:
-        metrics = _load_and_resave(cfg)
+        metrics = _load_and_resave(cfg, args.out)
         revision = metrics.pop("revision")
-    files = {f.name: sha256_file(f) for f in sorted(OUT.iterdir()) if f.is_file()}
-    write_json(OUT / "metadata.json", {"source": cfg.source, "revision": revision, "files": files,
-                                       "params": metrics["params"]})
-    write_json(METRICS, metrics)
-    write_json(CURVE, curve)
-    print(f"{OUT}: {metrics['params']:,} parameters from {cfg.source}")
+    write_json(args.out / "metadata.json", {"source": cfg.source, "revision": revision,
+                                            "model_id": model_id(args.out), "params": metrics["params"]})
+    write_json(args.metrics, metrics)
+    write_json(args.curve, curve)
+    print(f"{args.out}: {metrics['params']:,} parameters from {cfg.source}")
     return metrics
 
 

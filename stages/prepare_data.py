@@ -1,4 +1,4 @@
-"""Stage `prepare_data`: the train and test splits; writes data/datasets/{train,test}.jsonl (+ .meta.json).
+"""Stage `prepare_data`: the train and test splits; writes OUT/{train,test}.jsonl (+ .meta.json) and METRICS.
 
 Glue only: params section -> PrepareConfig -> reasoning.toy.task (the embedded toy world) or
 reasoning.data (MATH-500 as test, MATH train with every MATH-500 problem removed).
@@ -8,17 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from reasoning import data
-from reasoning.config import load_section
-from reasoning.io import write_json
+from reasoning.files import write_json
 from reasoning.toy.task import LEVELS, make_splits
 
-from .common import parse_args
-
-OUT = Path("data/datasets")
-METRICS = Path("data/metrics/prepare_data.json")
+from .common import stage_config, stage_parser
 
 
 @dataclass(frozen=True)
@@ -55,28 +50,30 @@ def _load(src: Source) -> tuple[list[dict], dict[str, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args("stages.prepare_data", __doc__, argv)
-    cfg = load_section(PrepareConfig, "prepare_data", args.params)
+    args = stage_parser("prepare_data", __doc__, [("--out", "output directory, e.g. data/datasets"),
+                                                  ("--metrics", "metrics file")]).parse_args(argv)
+    cfg = stage_config(PrepareConfig, "prepare_data", args)
+    out = args.out
     if cfg.world == "toy":
         train, test = make_splits(cfg.toy.n_train, cfg.toy.n_test, cfg.toy.seed, cfg.toy.levels)
         src = f"toy:seed={cfg.toy.seed}"
-        meta_train = data.write_dataset(train, OUT / "train.jsonl", src, {"split": "train"})
-        meta_test = data.write_dataset(test, OUT / "test.jsonl", src, {"split": "test"})
+        meta_train = data.write_dataset(train, out / "train.jsonl", src, {"split": "train"})
+        meta_test = data.write_dataset(test, out / "test.jsonl", src, {"split": "test"})
         dropped = 0
     else:
         test, skipped_test = _load(cfg.test)
         train, skipped_train = _load(cfg.train)
         train, dropped = data.remove_overlap(train, test)  # MATH train and MATH-500 share their origin
-        meta_test = data.write_dataset(test, OUT / "test.jsonl", cfg.test.source,
+        meta_test = data.write_dataset(test, out / "test.jsonl", cfg.test.source,
                                        {"split": cfg.test.split, "revision": cfg.test.revision}, skipped_test)
-        meta_train = data.write_dataset(train, OUT / "train.jsonl", cfg.train.source,
+        meta_train = data.write_dataset(train, out / "train.jsonl", cfg.train.source,
                                         {"split": cfg.train.split, "revision": cfg.train.revision,
                                          "dropped_overlap": dropped}, skipped_train)
     metrics = {"train_rows": meta_train["rows"], "test_rows": meta_test["rows"], "dropped_overlap": dropped,
                "skipped_train": sum(meta_train["skipped"].values()),
                "skipped_test": sum(meta_test["skipped"].values())}
-    write_json(METRICS, metrics)
-    print(f"{OUT}: {metrics['train_rows']} train / {metrics['test_rows']} test rows ({cfg.world})")
+    write_json(args.metrics, metrics)
+    print(f"{out}: {metrics['train_rows']} train / {metrics['test_rows']} test rows ({cfg.world})")
     return metrics
 
 

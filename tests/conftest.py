@@ -8,7 +8,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from reasoning.config import PRESETS
+from reasoning.model import PRESETS
 from reasoning.model import Qwen3
 from reasoning.tokenizer import SPECIAL_TOKENS
 from reasoning.weights import save_model

@@ -19,13 +19,14 @@ import yaml
 
 from reasoning.data import write_dataset
 from reasoning.distill import (
-    EndpointTeacher, EngineTeacher, SFTConfig, TeacherConfig, TracesConfig, build_sft_examples, generate_traces,
-    judge, load_teacher, remove_contaminated, sample_hash, sft_example, split_trace, student_prompt,
+    SFTConfig, TracesConfig, build_sft_examples, generate_traces, judge, remove_contaminated, sample_hash,
+    sft_example, split_trace, student_prompt,
 )
+from reasoning.files import read_json, read_jsonl, write_jsonl
 from reasoning.generate import Completion, SamplingConfig
-from reasoning.io import read_json, read_jsonl, write_jsonl
 from reasoning.prompts import COT_SUFFIX, PromptConfig, render
-from reasoning.teacher import ChatClient, EndpointConfig, EndpointError
+from reasoning.endpoint import ChatClient, EndpointConfig, EndpointError
+from reasoning.teacher import EndpointTeacher, EngineTeacher, TeacherConfig, load_teacher
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model
 from stages.distill_sft import main as sft_main
@@ -350,8 +351,9 @@ def test_killed_sft_resumes_to_the_same_model_and_log(sft_inputs, tiny_ckpt, mon
     real_train = stage.train
 
     def train_killed_at_step_5(*args, log=None, **kw):
-        def dying_log(step, m):
-            log(step, m)
+        def dying_log(step, m):  # the step's row is in the log file when this runs
+            if log:
+                log(step, m)
             if step == 5 and "loss" in m:
                 raise KeyboardInterrupt("killed")
         return real_train(*args, log=dying_log, **kw)
@@ -399,7 +401,7 @@ def test_teacher_traces_stage_with_an_engine_teacher(tmp_path, tiny_ckpt):
     args = ["--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl"),
             "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics.json"),
             "--params", str(tmp_path / "params.yaml"),
-            "--work", str(tmp_path / "work"), "--no-progress"]
+            "--state", str(tmp_path / "work"), "--no-progress"]
     metrics = traces_main(args)
     assert metrics["contaminated"] == {"exact": 1, "ngram": 0} and metrics["problems_sampled"] == 6
     assert metrics["samples"] == 12 == metrics["kept"] + sum(metrics["rejected"].values())

@@ -12,10 +12,11 @@ import pytest
 
 from reasoning.config import from_dict
 from reasoning.data import write_dataset
-from reasoning.evaluate import EvalConfig, evaluate, metrics_from_records, problem_seed, regrade
+from reasoning.evaluate import EvalConfig, evaluate, metrics_from_records, regrade
+from reasoning.seeds import problem_seed
 from reasoning.generate import Completion, Generator, SamplingConfig
 from reasoning.grading import GRADER_NAME, GRADER_VERSION
-from reasoning.io import read_json, read_jsonl
+from reasoning.files import read_json, read_jsonl
 from reasoning.metrics import wilson_interval
 from reasoning.prompts import PromptConfig, render
 from reasoning.tokenizer import Tokenizer
@@ -43,6 +44,8 @@ def fake_answer(i: int) -> tuple[str, int, str]:
 
 class FakeGenerator:
     """Stands in for `Generator`: answers by `fake_answer`; `fail_after` batches, it raises (a kill)."""
+
+    model_id = ""
 
     def __init__(self, problems: list[dict], prompt: PromptConfig, fail_after: int | None = None):
         self.index = {render(p["problem"], prompt): int(p["id"][1:]) for p in problems}
@@ -140,9 +143,10 @@ def test_changed_config_or_data_is_refused(tmp_path):
 
     edited = [dict(p) for p in problems]
     edited[2]["answer"] = "99"
+    retrained = FakeGenerator(problems, CFG.prompt)
+    retrained.model_id = "retrained"
     with pytest.raises(ValueError, match="records of model '', not 'retrained'"):
-        evaluate(FakeGenerator(problems, CFG.prompt), problems, CFG, path, progress=False,
-                 model_id="retrained")
+        evaluate(retrained, problems, CFG, path, progress=False)
     with pytest.raises(ValueError, match="'p2' differs.*dataset changed"):
         evaluate(FakeGenerator(edited, CFG.prompt), edited, CFG, path, progress=False)
     # Batch size and limit do not change completions, so they do not block a resume.

@@ -19,7 +19,8 @@ import yaml
 from flows import dag, pipeline, stage, tracking
 from reasoning.config import load_params, stable_hash
 from reasoning.data import DataSourceError
-from reasoning.io import read_json, sha256_file
+from reasoning.files import read_json, sha256_file
+from reasoning.weights import model_id
 from tests.test_pipeline import ROOT, copy_repo, git_commit_all
 
 pytest.importorskip("prefect")
@@ -127,6 +128,27 @@ def test_stage_flow_logs_params_metrics_artifacts_and_provenance(repo):
     assert len(runs) == before + 1 and all(r.state.is_completed() for r in runs)
 
 
+def test_stage_flow_logs_the_params_file_the_stage_reads(repo):
+    """`--params other.yaml`: MLflow gets other.yaml's section, the one the stage ran with."""
+    other = load_params("params.yaml")
+    other["prepare_data"]["toy"]["n_train"] = 24
+    Path("other.yaml").write_text(yaml.safe_dump(other))
+    argv = dag.read_stages()["prepare_data"].args + ["--params", "other.yaml"]
+    assert stage.run_stage("prepare_data", argv) == 0
+    [run] = runs_of("prepare_data")[:1]
+    assert run.data.metrics["train_rows"] == 24 and run.data.params["prepare_data.toy.n_train"] == "24"
+
+
+def test_stage_args_come_from_the_dvc_cmd():
+    """The paths are written once, in dvc.yaml's cmd: `python -m flows.stage <name>` alone runs with them."""
+    specs = dag.read_stages(ROOT)
+    assert specs["evaluate"].args == ["--model", "data/models/base", "--data", "data/datasets/test.jsonl",
+                                      "--out", "data/eval/base", "--no-progress"]
+    bad = dag.StageSpec(name="x", cmd="python -m stages.x --out y")
+    with pytest.raises(ValueError, match="must start with 'python -m flows.stage x'"):
+        bad.args
+
+
 def test_load_base_registers_versions_with_alias(repo, tiny_ckpt):
     import mlflow
 
@@ -137,13 +159,13 @@ def test_load_base_registers_versions_with_alias(repo, tiny_ckpt):
 
     meta = read_json("data/models/base/metadata.json")
     assert meta["source"] == str(tiny_ckpt) and meta["params"] > 0
-    assert meta["files"]["model.safetensors"] == sha256_file("data/models/base/model.safetensors")
+    assert meta["model_id"] == model_id("data/models/base") == model_id(tiny_ckpt)
     client = mlflow.MlflowClient()
     v1 = client.get_model_version_by_alias(name, "base")
     assert int(v1.version) == 1 and v1.tags["content_hash"] == tracking.dir_hash(Path("data/models/base"))
     assert v1.tags["stage"] == "load_base" and v1.run_id == runs_of("load_base")[0].info.run_id
     copied = Path(mlflow.artifacts.download_artifacts(artifact_uri=v1.source, dst_path=str(repo / "dl")))
-    assert sha256_file(copied / "model.safetensors") == meta["files"]["model.safetensors"]
+    assert model_id(copied) == meta["model_id"]
     # the curve file exists for every source; a loaded checkpoint has no training steps
     assert read_json("data/plots/load_base.json") == []
 
@@ -193,8 +215,9 @@ def test_unknown_stage_and_bad_arguments_are_reported(repo, capsys):
     assert stage.run_stage("evaluate", ["--out", "x", "--no-such-flag"]) == stage.EXIT_FAILED
     err = capsys.readouterr().err
     assert "unrecognized arguments: --no-such-flag" in err  # argparse's own message
-    assert err.strip().splitlines()[-1].startswith(
-        "ERROR: stage 'evaluate' failed: bad arguments ['--out', 'x', '--no-such-flag']")
+    assert err.strip().splitlines()[-1].startswith("ERROR: stage 'evaluate' failed: bad arguments [")
+    # the stage got dvc.yaml's arguments, then the ones given, which win
+    assert "'--out', 'data/eval/base', '--no-progress', '--out', 'x', '--no-such-flag'] (exit status 2" in err
 
 
 def test_transient_errors_are_told_apart():

@@ -36,7 +36,7 @@ from reasoning.grpo import (
     train_grpo,
 )
 from reasoning.tokenizer import Tokenizer
-from reasoning.train import _Dist
+from reasoning.checkpoint import Dist
 from reasoning.weights import load_model
 
 EPS = 1e-4  # the std epsilon of the advantages
@@ -219,7 +219,7 @@ def _scripted(mode: str, rows: list[dict], rounds: int = 10):
     cfg = cfg_(num_generations=4, prompts_per_step=3, dynamic_sampling=mode, max_resample_rounds=rounds)
     reward = {"b": lambda text, gold: float(text == "b")}
     kept, sampled, n_rounds = collect_groups(ScriptedGenerator(), stream, cfg, reward, torch.ones(1),
-                                             _Dist(torch.device("cpu")))
+                                             Dist(torch.device("cpu")))
     return kept, sampled, n_rounds, stream.pos, order
 
 
@@ -344,7 +344,7 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tiny_ckpt, tmp_path):
     assert [r["reward_mean"] for r in rows_a] == [r["reward_mean"] for r in rows_b]
     assert [r["kl"] for r in rows_a] == [r["kl"] for r in rows_b] and rows_a[-1]["kl"] > 0
 
-    with pytest.raises(ValueError, match=r"different settings \['learning_rate'\]"):
+    with pytest.raises(ValueError, match="different learning_rate;"):
         train_grpo(load_model(tiny_ckpt), load_model(tiny_ckpt), tok, ROWS, replace(cfg, learning_rate=1e-4),
                    tmp_path / "b", reward_fns={"e": e_share})
 

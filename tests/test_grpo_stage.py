@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 import reasoning.grpo as core
 import stages.grpo as stage
 from reasoning.data import write_dataset
-from reasoning.io import read_json
+from reasoning.files import read_json
 from reasoning.prompts import COT_SUFFIX, PromptConfig
 from reasoning.weights import load_model
 
@@ -59,8 +60,11 @@ def world(tmp_path_factory):
 
 
 def args(root: Path, name: str, model: Path, params: Path | None = None) -> list[str]:
-    out = root / name
-    return ["--model", str(model), "--train", str(root / "train.jsonl"), "--test", str(root / "test.jsonl"),
+    """The stage's command line; `model` is copied to ROOT/models/base, where start_from: base looks."""
+    out, models = root / name, root / "models"
+    if not (models / "base").exists():
+        shutil.copytree(model, models / "base")
+    return ["--models", str(models), "--train", str(root / "train.jsonl"), "--test", str(root / "test.jsonl"),
             "--out", str(out / "model"), "--metrics", str(out / "metrics.json"),
             "--curve", str(out / "curve.json"), "--eval-curve", str(out / "eval.json"),
             "--params", str(params or root / "params.yaml"), "--state", str(out / "state")]

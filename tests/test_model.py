@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from reasoning.config import PRESETS
+from reasoning.model import PRESETS
 from reasoning.model import Qwen3
 from reasoning.weights import CheckpointError, load_model, read_config, save_model
 from tests.conftest import make_checkpoint

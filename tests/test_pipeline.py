@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from reasoning.config import from_dict, load_params, load_section
-from reasoning.io import write_jsonl
+from reasoning.files import write_jsonl
 from reasoning.toy.task import make_splits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +69,12 @@ def stage_config_classes() -> dict:
 
 
 def _module_file(name: str) -> Path | None:
+    """The file of module `name`: a .py file, or a subpackage's __init__.py (whose imports are followed:
+    a package such as reasoning.grading re-exports its modules); top-level __init__s aside."""
     p = ROOT.joinpath(*name.split("."))
-    return p.with_suffix(".py") if p.with_suffix(".py").exists() else None
+    if p.with_suffix(".py").exists():
+        return p.with_suffix(".py")
+    return p / "__init__.py" if "." in name and (p / "__init__.py").exists() else None
 
 
 def imported_files(path: Path) -> set[str]:
@@ -151,7 +155,7 @@ def test_real_world_settings():
 
 def test_prepare_data_sources_world_removes_overlap(tmp_path, monkeypatch):
     """The real world's path on local files: MATH-500 rows leave the training split."""
-    from reasoning.io import read_jsonl, write_jsonl
+    from reasoning.files import read_jsonl, write_jsonl
     from stages import prepare_data
 
     def row(i):
@@ -164,7 +168,7 @@ def test_prepare_data_sources_world_removes_overlap(tmp_path, monkeypatch):
         "world": "sources", "test": {"source": str(tmp_path / "test.jsonl")},
         "train": {"source": str(tmp_path / "train.jsonl")}}}))
     monkeypatch.chdir(tmp_path)
-    metrics = prepare_data.main([])
+    metrics = prepare_data.main(["--out", "data/datasets", "--metrics", "data/metrics/prepare_data.json"])
     assert metrics == {"train_rows": 7, "test_rows": 3, "dropped_overlap": 1, "skipped_train": 0, "skipped_test": 0}
     assert [r["id"] for r in read_jsonl("data/datasets/train.jsonl")] == [f"p{i}" for i in range(3, 10)]
     assert json.loads(Path("data/datasets/train.meta.json").read_text())["dropped_overlap"] == 1

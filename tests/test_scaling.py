@@ -15,12 +15,13 @@ import yaml
 from reasoning.config import from_dict
 from reasoning.generate import Completion, Generator, SamplingConfig
 from reasoning.grading import answers_equivalent
-from reasoning.io import read_json, read_jsonl
+from reasoning.files import read_json, read_jsonl
 from reasoning.metrics import maj_at_k, majority_answer, mean_pass_at_k
 from reasoning.prompts import COT_SUFFIX, PromptConfig, render
+from reasoning.report import pareto_frontier
 from reasoning.scaling import (
     MethodConfig, ScalingConfig, answer_suffix, best_setting, budget_metrics, continuation_logprobs,
-    grid_metrics, heuristic_score, load_best, pareto_frontier, run_grid, run_method, sample_score, select,
+    grid_metrics, heuristic_score, load_best, run_grid, run_method, sample_score, select,
     vote, write_outputs,
 )
 from reasoning.tokenizer import Tokenizer
@@ -40,6 +41,8 @@ def problems(n: int = 6) -> list[dict]:
 class FakeGenerator:
     """Stands in for `Generator`: `answer(prompt, sample_index)` gives (text, logprobs) of a completion;
     after `fail_after` calls it raises (a kill). Records every call."""
+
+    model_id = ""
 
     def __init__(self, answer, fail_after: int | None = None):
         self.answer, self.fail_after = answer, fail_after
@@ -228,8 +231,10 @@ def test_resume_after_kill_continues_without_duplicates(tmp_path):
     with pytest.raises(ValueError, match="different configuration"):
         run_method(gen, problems(), replace(sc, sampling=replace(TOPP, temperature=0.5)), path,
                    progress=False)
-    with pytest.raises(ValueError, match="model"):
-        run_method(gen, problems(), sc, path, progress=False, model_id="other")
+    gen.model_id = "other"
+    with pytest.raises(ValueError, match="records of model '', not 'other'"):
+        run_method(gen, problems(), sc, path, progress=False)
+    gen.model_id = ""
     # budgets are not part of the record: a new set of budgets reuses the file without generating
     gen = FakeGenerator(sc_answer, fail_after=0)
     run_method(gen, problems(), replace(sc, budgets=(1, 2, 4)), path, progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reasoning.io import sha256_file
+from reasoning.files import sha256_file
 from reasoning.tokenizer import Tokenizer
 from reasoning.toy.pretrain import ToyBaseConfig, build_base
 from reasoning.toy.task import generate_problems

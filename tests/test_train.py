@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from reasoning.config import ModelConfig
-from reasoning.model import Qwen3
-from reasoning.train import (
-    TrainConfig, collate, epoch_batches, filter_examples, latest_checkpoint, lr_at, train, validation_loss,
-)
+from reasoning.checkpoint import latest_checkpoint
+from reasoning.model import ModelConfig, Qwen3
+from reasoning.train import TrainConfig, collate, epoch_batches, filter_examples, lr_at, train, validation_loss
 from reasoning.weights import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
+from ..model import ModelConfig
 from ..model import Qwen3
 from ..tokenizer import Tokenizer
 from ..train import LogFn, TrainConfig, train

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from ..tokenizer import SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN
 
 # Qwen2/Qwen3's pre-tokenizer pattern (their tokenizer.json) with one change: Qwen lets a

@@ -1,4 +1,5 @@
-"""Small file helpers shared by every module: atomic writes, JSONL, hashes.
+"""File helpers shared by every module: atomic writes, JSONL, hashes (named `files`, not `io`, so it
+never shadows the standard library module).
 
 Design: a file is either complete or absent. Whole-file writes go to a temporary file in the
 same directory and are renamed into place; append-only record files (JSONL) are flushed and
