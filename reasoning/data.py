@@ -46,15 +46,6 @@ subject, unique_id. No commit hash could be confirmed offline, so the revision i
 sha256 in the written metadata pins the content that was actually used. `prepare_data` re-checks
 disjointness from MATH-500 rather than trusting the name."""
 
-MATH_FULL_SOURCE = "hf:qwedsacf/competition_math"
-MATH_FULL_SPLIT = "train"
-MATH_FULL_REVISION = "e839825f9ec5c6cfa585c654a59610969ec13993"
-"""A pinned alternative: all 12,500 MATH problems in one `train` split (rows 7,500 on are the
-MATH test split, so MATH-500 is inside it). Fields: problem, level ("Level 3"), type, solution;
-no answer field, so answers come from the solution's last \\boxed{}. After `remove_overlap`
-against MATH-500 it should leave the same ~12,000 problems as MATH_TRAIN_SOURCE (not checked
-here: no network)."""
-
 SKIP_REASONS = (
     "not_a_mapping", "missing_problem", "missing_answer", "missing_level", "missing_subject", "duplicate_id",
 )

@@ -59,13 +59,6 @@ def mean_pass_at_k(correct_per_problem: Sequence[Sequence[bool]], k: int) -> flo
     return total / len(correct_per_problem)
 
 
-def avg_at_n(correct_per_problem: Sequence[Sequence[bool]]) -> float:
-    """avg@n: the mean per-problem fraction of correct samples, i.e. the expected accuracy of one
-    sample (pass@1 estimated from n samples, as DeepSeek-R1 2025 reports it)."""
-    _check_nonempty(correct_per_problem)
-    return sum(sum(map(bool, s)) / len(s) for s in correct_per_problem) / len(correct_per_problem)
-
-
 def answer_classes(
     answers: Sequence[str | None], equivalent: Callable[[str, str], bool] | None = None
 ) -> list[list[int]]:
@@ -86,49 +79,6 @@ def answer_classes(
         else:
             classes.append([i])
     return classes
-
-
-def majority_answer(
-    answers: Sequence[str | None], equivalent: Callable[[str, str], bool] | None = None
-) -> int | None:
-    """Index of the first sample of the most frequent answer class, or None if no answer was given.
-
-    Classes as in `answer_classes`; a tie goes to the class seen first.
-    """
-    classes = answer_classes(answers, equivalent)
-    if not classes:
-        return None
-    best = max(classes, key=len)  # max keeps the first of equal counts: first occurrence wins
-    return best[0]
-
-
-def maj_at_k(
-    answers_per_problem: Sequence[Sequence[str | None]],
-    correct_per_problem: Sequence[Sequence[bool]],
-    k: int,
-    equivalent: Callable[[str, str], bool] | None = None,
-) -> float:
-    """maj@k: accuracy of the majority-vote answer over each problem's first k samples
-    (self-consistency, Wang et al. 2023, "Self-Consistency Improves Chain of Thought Reasoning").
-
-    A problem counts as solved when the majority class's first sample is correct; a problem with
-    no extracted answer among its k samples counts as wrong. Using the first k (not a resample)
-    keeps maj@k for increasing k nested on the same samples.
-    """
-    _check_nonempty(answers_per_problem)
-    if len(answers_per_problem) != len(correct_per_problem):
-        raise ValueError(
-            f"{len(answers_per_problem)} answer lists but {len(correct_per_problem)} correctness lists"
-        )
-    solved = 0
-    for answers, correct in zip(answers_per_problem, correct_per_problem):
-        if len(answers) != len(correct):
-            raise ValueError("each problem needs as many correctness flags as answers")
-        if len(answers) < k:
-            raise ValueError(f"maj@{k} needs at least {k} samples per problem, got {len(answers)}")
-        winner = majority_answer(answers[:k], equivalent)
-        solved += winner is not None and bool(correct[winner])
-    return solved / len(answers_per_problem)
 
 
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:

@@ -77,7 +77,3 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
-    def chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True,
-             enable_thinking: bool = True) -> list[int]:
-        return self.encode(render_chat(messages, add_generation_prompt, enable_thinking))

@@ -376,6 +376,7 @@ def test_killed_sft_resumes_to_the_same_model_and_log(sft_inputs, tiny_ckpt, mon
     assert [s for s, _, _ in steps] == list(range(1, 9)) and [s for s, _ in val] == [4, 8]  # val at epoch ends
 
 
+@pytest.mark.slow
 def test_sft_stage_under_torchrun_with_two_processes(sft_inputs, tiny_ckpt):
     root = sft_inputs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -333,6 +333,7 @@ def test_serve_command_line_takes_cron_and_port(monkeypatch):
     assert seen["cfg"] == pipeline.pipeline_config(load_params(ROOT / "params.yaml"))
 
 
+@pytest.mark.slow
 def test_serve_starts_a_local_server_that_schedules_runs(tmp_path):
     """`python -m flows.pipeline --serve --cron ...` from a fresh clone: a local server, the deployment
     on its cron schedule, runs scheduled by Prefect's scheduler; stopping it stops the server."""

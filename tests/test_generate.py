@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
+from reasoning import generate as generate_module
 from reasoning.generate import (NUCLEUS_PREFIX, Generator, SamplingConfig, fastest_matmul_dtype, main,
                                 sample_rows)
+from reasoning.model import Qwen3
+from reasoning.prompts import PromptConfig, render
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model
 
@@ -127,11 +132,43 @@ def test_bf16_matmuls_stay_close_to_fp32(gen):
     assert exact == gen.generate(PROMPTS, cfg)  # the model is back to exact fp32 afterwards
 
 
-def test_auto_matmul_dtype_is_measured_and_valid(gen):
+def test_auto_matmul_dtype_is_measured_and_valid(gen, monkeypatch):
     assert fastest_matmul_dtype(gen.model, 1) in (None, torch.bfloat16)
+    measured, applied = [], []  # (rows, measured dtype) per forward; dtypes the model was switched to
+
+    def measure(model, rows):
+        measured.append((rows, fastest_matmul_dtype(model, rows)))
+        return measured[-1][1]
+
+    def switch(model, dtype, set_dtype=Qwen3.set_matmul_dtype):
+        applied.append(dtype)
+        set_dtype(model, dtype)
+
+    monkeypatch.setattr(generate_module, "fastest_matmul_dtype", measure)
+    monkeypatch.setattr(Qwen3, "set_matmul_dtype", switch)
     auto = Generator(gen.model, gen.tokenizer, batch_size=16, matmul_dtype="auto")
-    [[c]] = auto.generate([PROMPTS[0]], SamplingConfig(max_new_tokens=8))
-    assert len(c.tokens) == 8 or c.finish_reason == "stop"
+    cfg = SamplingConfig(max_new_tokens=8)
+    [[c]] = auto.generate([PROMPTS[0]], cfg)
+    # measured for the prefill (prompt-length rows) and for the decode steps (1 row) ...
+    assert [rows for rows, _ in measured] == [len(gen.tokenizer.encode(PROMPTS[0])), 1]
+    # ... and the model multiplies in whatever was measured faster, then is back to its own weights
+    expected, active = [], None
+    for _, dtype in measured:
+        if dtype != active:
+            expected.append(dtype)
+            active = dtype
+    assert applied == expected + [None]
+    assert all(m.compute_weight is None for m in gen.model.modules() if hasattr(m, "compute_weight"))
+    # valid: a full completion, the same tokens as pinning the measured dtype (when both phases agree)
+    assert len(c.tokens) == 8 or (c.finish_reason == "stop" and c.tokens[-1] in gen.tokenizer.stop_ids)
+    assert len(c.logprobs) == len(c.tokens) and all(-50 < lp <= 0 for lp in c.logprobs)
+    chosen = {dtype for _, dtype in measured}
+    if chosen == {None}:
+        [[exact]] = gen.generate([PROMPTS[0]], cfg)
+        assert c == exact
+    elif chosen == {torch.bfloat16}:
+        [[low]] = Generator(gen.model, gen.tokenizer, matmul_dtype="bfloat16").generate([PROMPTS[0]], cfg)
+        assert c == low
     with pytest.raises(ValueError, match="matmul_dtype"):
         Generator(gen.model, gen.tokenizer, matmul_dtype="int8")
 
@@ -146,6 +183,7 @@ def test_stop_strings_and_streaming(gen):
     assert [t for _, _, t in seen] == c.tokens
 
 
+@pytest.mark.slow
 def test_compiled_decode_equals_eager_and_does_not_recompile_per_token(tiny_ckpt, gen):
     from torch._dynamo.utils import counters
     compiled = Generator(load_model(tiny_ckpt), Tokenizer(tiny_ckpt), compile=True, batch_size=16)
@@ -169,6 +207,20 @@ def test_bad_input_is_refused(gen):
 def test_cli_prints_completion_and_speed(tiny_ckpt, capsys):
     main(["--model", str(tiny_ckpt), "--prompt", "What is 2 + 2?", "--chat", "--max-new-tokens", "8"])
     out, err = capsys.readouterr()
-    assert "tok/s" in err and "8 tokens" in err or "finish=stop" in err
+    # the same generation by hand: chat template, greedy, 8 tokens, the CLI's default matmul dtype
+    tok = Tokenizer(tiny_ckpt)
+    prompt = render("What is 2 + 2?", PromptConfig(template="chat", think=False))
+    [[ref]] = Generator(load_model(tiny_ckpt), tok, batch_size=1, matmul_dtype="auto").generate(
+        [prompt], SamplingConfig(max_new_tokens=8), seeds=[0])
+    assert ref.finish_reason == "stop" or len(ref.tokens) == 8
+    # stdout: the completion as streamed (stop tokens left out; a split multi-byte character waits)
+    texts = [tok.decode([t for t in ref.tokens[:i] if t not in tok.stop_ids])
+             for i in range(len(ref.tokens) + 1)]
+    assert out == next(t for t in reversed(texts) if not t.endswith("\ufffd"))
+    # stderr: the speed line with the completion's token count, finish reason and prompt length
+    speed = re.search(r"\[(\d+) tokens in ([\d.]+)s: ([\d.]+) tok/s, finish=(\w+), prompt (\d+) tokens\]", err)
+    assert speed, err
+    assert int(speed[1]) == len(ref.tokens) and speed[4] == ref.finish_reason
+    assert int(speed[5]) == len(tok.encode(prompt)) and float(speed[3]) > 0
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -379,6 +379,7 @@ if os.environ["RANK"] == "0":
 """
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tiny_ckpt, tmp_path):
     # DAPO's token-level loss and filtering make uneven, token-weighted shares across the ranks.
     settings = {**TINY, "max_steps": 3, "prompts_per_step": 5, "loss_type": "dapo",

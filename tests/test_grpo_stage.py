@@ -161,6 +161,7 @@ stage.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_stage_under_torchrun_with_two_processes(world, tiny_ckpt, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(DDP_RUN)

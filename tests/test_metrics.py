@@ -6,10 +6,8 @@ import pytest
 
 from reasoning.metrics import (
     accuracy_summary,
-    avg_at_n,
+    answer_classes,
     compare_records,
-    maj_at_k,
-    majority_answer,
     mcnemar_exact,
     mean_pass_at_k,
     paired_bootstrap,
@@ -68,40 +66,26 @@ def test_pass_at_k_edges():
         pass_at_k(5, 1, 6)
 
 
-def test_mean_pass_at_k_and_avg_at_n():
+def test_mean_pass_at_k():
     per_problem = [[True, False, False, False], [False, False, False, False], [True, True, False, True]]
-    assert avg_at_n(per_problem) == pytest.approx((1 / 4 + 0 + 3 / 4) / 3)
-    assert mean_pass_at_k(per_problem, 1) == pytest.approx(avg_at_n(per_problem))
+    # pass@1 is the mean per-problem fraction of correct samples
+    assert mean_pass_at_k(per_problem, 1) == pytest.approx((1 / 4 + 0 + 3 / 4) / 3)
     # pass@2 per problem: 1 - C(3,2)/C(4,2) = 0.5, 0, 1 - 0 = 1
     assert mean_pass_at_k(per_problem, 2) == pytest.approx((0.5 + 0 + 1) / 3)
     with pytest.raises(ValueError):
-        avg_at_n([[True], []])
+        mean_pass_at_k([[True], []], 1)
+    with pytest.raises(ValueError):
+        mean_pass_at_k([], 1)
 
 
-def test_majority_answer_ties_and_abstentions():
-    assert majority_answer(["1", "2", "2"]) == 1
-    assert majority_answer(["3", "2", "2", "3"]) == 0  # tie: first class seen wins
-    assert majority_answer([None, "", "7", None]) == 2  # abstentions do not vote
-    assert majority_answer([None, ""]) is None
+def test_answer_classes_order_abstentions_and_equivalence():
+    assert answer_classes(["1", "2", "2"]) == [[0], [1, 2]]
+    assert answer_classes(["3", "2", "2", "3"]) == [[0, 3], [1, 2]]  # in order of first appearance
+    assert answer_classes([None, "", "7", None]) == [[2]]  # no answer: in no class
+    assert answer_classes([None, ""]) == []
     loose = lambda a, b: a.replace(" ", "") == b.replace(" ", "")  # noqa: E731
-    assert majority_answer(["1/2", "3", "1 / 2"]) == 0
-    assert majority_answer(["3", "1/2", "1 / 2"], equivalent=loose) == 1
-    assert majority_answer(["3", "1/2", "1 / 2"]) == 0
-
-
-def test_maj_at_k():
-    answers = [["5", "4", "4", "5", "5"], ["1", "2", "3", "2", "2"], [None, None, "9", "8", "8"]]
-    correct = [
-        [True, False, False, True, True],
-        [False, True, False, True, True],
-        [False, False, False, True, True],
-    ]
-    # k=3: majorities "4" (wrong), "1" (tie, first: wrong), "9" (wrong); k=5: "5", "2", "8" all right
-    assert maj_at_k(answers, correct, 3) == 0.0
-    assert maj_at_k(answers, correct, 5) == 1.0
-    assert maj_at_k(answers, correct, 1) == pytest.approx(1 / 3)  # problem 1's first sample; None is wrong
-    with pytest.raises(ValueError, match="at least 6"):
-        maj_at_k(answers, correct, 6)
+    assert answer_classes(["3", "1/2", "1 / 2"]) == [[0], [1], [2]]  # default: exact strings
+    assert answer_classes(["3", "1/2", "1 / 2"], equivalent=loose) == [[0], [1, 2]]
 
 
 def test_mcnemar_exact_hand_computed():

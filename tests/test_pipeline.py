@@ -249,6 +249,7 @@ def toy(tmp_path_factory):
     return toy
 
 
+@pytest.mark.slow
 def test_first_run_builds_every_stage_and_prints_the_table(toy):
     out = toy.first.stdout
     assert all(f"{s} ran (" in stages_line(out) for s in STAGES)
@@ -268,6 +269,7 @@ def test_first_run_builds_every_stage_and_prints_the_table(toy):
     assert final["models"]["base"]["accuracy"] == base["accuracy"]  # same model, settings, split
 
 
+@pytest.mark.slow
 def test_dvc_graph_is_valid_and_up_to_date(toy):
     dag = toy.dvc("dag")
     assert dag.returncode == 0 and all(s in dag.stdout for s in STAGES)
@@ -275,6 +277,7 @@ def test_dvc_graph_is_valid_and_up_to_date(toy):
     assert status.returncode == 0 and "Data and pipelines are up to date." in status.stdout
 
 
+@pytest.mark.slow
 def test_dvc_metrics_and_plots_show(toy):
     shown = toy.dvc("metrics", "show", "--json")
     assert shown.returncode == 0, shown.stderr
@@ -287,6 +290,7 @@ def test_dvc_metrics_and_plots_show(toy):
     assert (toy.repo / "dvc_plots/index.html").exists()
 
 
+@pytest.mark.slow
 def test_mlflow_has_every_stage_run_and_the_base_model(toy):
     client = toy.mlflow()
     exp = client.get_experiment_by_name("reasoning-pipeline")
@@ -301,6 +305,7 @@ def test_mlflow_has_every_stage_run_and_the_base_model(toy):
     assert float(v.tags["final_eval.accuracy"]) == pytest.approx(final["accuracy"])
 
 
+@pytest.mark.slow
 def test_second_run_with_nothing_changed_does_nothing(toy):
     lock = (toy.repo / "dvc.lock").read_bytes()
     client = toy.mlflow()
@@ -315,6 +320,7 @@ def test_second_run_with_nothing_changed_does_nothing(toy):
     assert (toy.repo / "data/final/table.md").read_text() in again.stdout
 
 
+@pytest.mark.slow
 def test_stage_failure_surfaces_its_own_message(toy):
     params_path = toy.repo / "params.yaml"
     good = params_path.read_text()

@@ -16,12 +16,12 @@ from reasoning.config import from_dict
 from reasoning.generate import Completion, Generator, SamplingConfig
 from reasoning.grading import answers_equivalent
 from reasoning.files import read_json, read_jsonl
-from reasoning.metrics import maj_at_k, majority_answer, mean_pass_at_k
+from reasoning.metrics import mean_pass_at_k
 from reasoning.prompts import COT_SUFFIX, PromptConfig, render
 from reasoning.report import pareto_frontier
 from reasoning.scaling import (
-    MethodConfig, ScalingConfig, answer_suffix, best_setting, budget_metrics, continuation_logprobs,
-    grid_metrics, heuristic_score, load_best, run_grid, run_method, sample_score, select,
+    MethodConfig, ScalingConfig, answer_suffix, best_setting, budget_metrics, budget_records,
+    continuation_logprobs, grid_metrics, heuristic_score, load_best, run_grid, run_method, sample_score, select,
     vote, write_outputs,
 )
 from reasoning.tokenizer import Tokenizer
@@ -75,6 +75,8 @@ def problem_index(prompt: str) -> int:
     (["1/2", "0.5", "\\frac{1}{2}", "7", "7"], None, 0),  # equivalent forms vote together (3 vs 2)
     ([None, "", "5", None], None, 2),  # samples without an answer do not vote
     ([None, None], None, None),  # nobody answered
+    ([None, ""], None, None),  # an empty answer is no answer either
+    (["3", "1/2", "1 / 2"], None, 1),  # grader-equal spellings join one class, which then outvotes "3"
     (["3", "4", "4", "3"], None, 0),  # 2-2 tie: the class seen first
     (["3", "4", "4", "3"], [-1.0, -0.2, -0.4, -1.0], 1),  # tie: higher mean score wins (-0.3 > -1.0)
     (["3", "4", "4", "3"], [-0.1, -0.9, -0.9, -0.3], 0),  # ... whichever class that is
@@ -85,13 +87,25 @@ def test_vote_hand_cases(answers, scores, expected):
     assert vote(answers, scores) == expected
 
 
-def test_vote_first_tie_break_agrees_with_metrics_majority_answer():
+def reference_vote(answers: list[str | None]) -> int | None:
+    """Majority vote by brute force: each answered sample counts its grader-equivalent samples; the
+    winner is the earliest sample among those with the top count (= the first sample of the class
+    seen first among the largest); None when nobody answered."""
+    counts = {i: sum(bool(b) and bool(answers_equivalent(a, b)) for b in answers)
+              for i, a in enumerate(answers) if a}
+    if not counts:
+        return None
+    top = max(counts.values())
+    return min(i for i, c in counts.items() if c == top)
+
+
+def test_vote_first_tie_break_agrees_with_a_brute_force_majority():
     import random
 
     rng = random.Random(0)
     for _ in range(200):
-        answers = [rng.choice(["1", "2", "3", None, "2.0"]) for _ in range(rng.randint(1, 7))]
-        assert vote(answers) == majority_answer(answers, lambda a, b: bool(answers_equivalent(a, b)))
+        answers = [rng.choice(["1", "2", "3", None, "", "2.0"]) for _ in range(rng.randint(1, 7))]
+        assert vote(answers) == reference_vote(answers), answers
 
 
 def test_heuristic_score_hand_cases():
@@ -176,14 +190,39 @@ def test_budgets_come_from_one_run_and_match_the_metrics_module(tmp_path):
     assert [len(r["samples"]) for r in records] == [5] * 6
     answers = [[s["extracted"] for s in r["samples"]] for r in records]
     correct = [[s["correct"] for s in r["samples"]] for r in records]
-    equiv = lambda a, b: bool(answers_equivalent(a, b))  # noqa: E731
     for k in sc.budgets:
         m = budget_metrics(records, sc, k)
-        assert m["accuracy"] == pytest.approx(maj_at_k(answers, correct, k, equiv))
+        winners = [reference_vote(a[:k]) for a in answers]  # maj@k on each problem's first k samples
+        assert m["accuracy"] == pytest.approx(
+            sum(w is not None and c[w] for w, c in zip(winners, correct)) / len(records))
         assert m["pass_at_k"] == pytest.approx(mean_pass_at_k(correct, k))
         assert m["tokens_total"] == 6 * 3 * k
     # maj@1 right, maj@2 tie -> first (right), maj@3: 2 wrong vs 1 right, maj@5: 3 wrong vs 2 right
     assert [budget_metrics(records, sc, k)["accuracy"] for k in sc.budgets] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_majority_budgets_count_no_answer_as_wrong_and_need_k_samples():
+    # per problem, the extracted answer of samples 0..4 (None: no answer); gold 5, 2, 8
+    table = [["5", "4", "4", "5", "5"], ["1", "2", "3", "2", "2"], [None, None, "9", "8", "8"]]
+    gold = ["5", "2", "8"]
+    probs = [{**p, "answer": gold[i]} for i, p in enumerate(problems(3))]
+
+    def answer(prompt, j):
+        a = table[problem_index(prompt)][j]
+        return (f"so \\boxed{{{a}}}" if a else "I cannot say."), [-0.5] * 3
+
+    sc = MethodConfig("sc", sampling=TOPP, n=5, aggregate="majority", budgets=(1, 3, 5))
+    records = run_method(FakeGenerator(answer), probs, sc, progress=False)
+    assert [[s["extracted"] for s in r["samples"]] for r in records] == table
+    # k=1: "5" right, "1" wrong, no answer (wrong); k=3: "4" (2 of 3) wrong, 1-1-1 tie -> "1" wrong,
+    # "9" wrong; k=5: "5", "2", "8" all right
+    accuracy = [budget_metrics(records, sc, k)["accuracy"] for k in sc.budgets]
+    assert accuracy == pytest.approx([1 / 3, 0.0, 1.0])
+    unanswered = budget_records(records, sc, 1)[2]
+    assert [unanswered[key] for key in ("extracted", "correct", "reason")] == [None, False, "no-answer"]
+    assert select(records[2], sc, 1) is None
+    with pytest.raises(ValueError, match="budget 6 needs 6"):
+        select(records[0], sc, 6)
 
 
 def test_best_of_n_picks_the_highest_scoring_sample():

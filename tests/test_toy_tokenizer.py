@@ -47,8 +47,12 @@ def test_round_trip_with_chat_template_and_thinking(tok_path):
         assert tok.decode(ids) == text
         for special, i in tok.special_ids.items():
             assert ids.count(i) == text.count(special)
-    hi = tok.chat([{"role": "user", "content": "hi"}])
-    assert hi == tok.encode(f"{IM_START}user\nhi{IM_END}\n{IM_START}assistant\n")
+    hi = render_chat([{"role": "user", "content": "hi"}])  # defaults: generation prompt, thinking on
+    assert hi == f"{IM_START}user\nhi{IM_END}\n{IM_START}assistant\n"
+    assert render_chat([{"role": "user", "content": "hi"}], enable_thinking=False) == (
+        f"{hi}{THINK_OPEN}\n\n{THINK_CLOSE}\n\n")  # thinking off: an empty think block is pre-filled
+    assert render_chat([{"role": "user", "content": "hi"}], add_generation_prompt=False) == (
+        f"{IM_START}user\nhi{IM_END}\n")
     # Qwen3 marks <think> and </think> as plain added tokens: skipping special tokens keeps them.
     reply = f"{THINK_OPEN}\n2 + 2 = 4\n{THINK_CLOSE}\n\n\\boxed{{4}}"
     ids = tok.encode(f"{IM_START}assistant\n{reply}{IM_END}{ENDOFTEXT}")
