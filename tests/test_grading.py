@@ -16,6 +16,7 @@ import pytest
 import sympy
 
 from reasoning import grading
+from reasoning.grading import comparison, sympy_worker
 from reasoning.grading import REASONS, Verdict, answers_equivalent, extract_answer, grade
 
 CASES = [json.loads(line) for line in (Path(__file__).parent / "grader_cases.jsonl").read_text().splitlines()]
@@ -155,16 +156,16 @@ def test_internal_errors_become_grader_error(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(grading, "_parse_value", boom)
+    monkeypatch.setattr(comparison, "_parse_value", boom)
     assert answers_equivalent("1", "2") == Verdict(False, "grader-error", "1")
     assert grade(r"\boxed{1}", "2") == Verdict(False, "grader-error", "1")
     monkeypatch.undo()
-    monkeypatch.setattr(grading, "extract_answer", boom)
+    monkeypatch.setattr(comparison, "extract_answer", boom)
     assert grade(r"\boxed{1}", "1") == Verdict(False, "grader-error", None)
 
 
 def test_child_errors_and_deaths_are_contained():
-    worker = grading._worker()
+    worker = sympy_worker._worker()
     with pytest.raises(RuntimeError, match="unknown op"):
         worker.call({"op": "nope", "a": ("num", "1"), "b": ("num", "1")}, 30)
     assert answers_equivalent("x^2-1", "(x-1)(x+1)").reason == "symbolic-match"
@@ -210,3 +211,20 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
                          env={**os.environ, "PYTHONPATH": str(root)})
     assert out.stdout.strip() == "[]"  # sympy only loads in the child process, torch never
+
+
+def test_child_starts_as_a_module_from_another_directory(tmp_path):
+    # A fresh process, elsewhere, with the project only on sys.path (no PYTHONPATH, no pip install
+    # needed) and a decoy `reasoning` package in its working directory: its sympy child must still
+    # import this copy of the grader.
+    decoy = tmp_path / "reasoning"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('decoy package imported')\n")
+    root = Path(__file__).parents[1]
+    code = (f"import sys; sys.path.insert(0, {str(root)!r})\n"
+            "from reasoning.grading import answers_equivalent\n"
+            "print(answers_equivalent('x^2-1', '(x-1)(x+1)').reason)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path, env=env, timeout=120)
+    assert out.stdout.strip() == "symbolic-match", out.stderr
