@@ -13,7 +13,8 @@ Prefect's tracebacks.
 
 Each stage command is itself a Prefect flow run in its own process. Without PREFECT_API_URL,
 Prefect would start a temporary API server in every one of them (~8 s each); instead this
-process starts the temporary server once and hands its URL to the stage processes.
+process starts the temporary server once and hands its URL to the stage processes. Ctrl-C ends
+the whole run within seconds and leaves it resumable (flows.lifecycle); exit status 130.
 `--serve` needs Prefect's scheduler, which the temporary server does not run, so it starts a
 local `prefect server start` (UI on the same port) unless PREFECT_API_URL names a server.
 """
@@ -26,6 +27,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -36,20 +38,19 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments.runner import EntrypointType
-from prefect.events.worker import EventsWorker
-from prefect.logging.handlers import APILogWorker
-from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from prefect.states import Completed, Failed
 
 from reasoning.config import from_dict, load_params
 
-from . import ROOT
+from . import ROOT, lifecycle, tracking
 from .dag import read_stages, stage_order
 from .stage import EXIT_TRANSIENT, FAILURE_LINE
 
 FINAL_TABLE = Path("data/final/table.md")
-TRANSIENT_DVC = ("Unable to acquire lock", f"exited with {EXIT_TRANSIENT}")
+# DVC's messages for a lock another DVC process holds (its repo lock; its per-output read/write
+# lock), and a stage that exited with flows.stage's "transient" status: worth a retry.
+TRANSIENT_DVC = ("Unable to acquire lock", "is busy, it is being blocked by", f"exited with {EXIT_TRANSIENT}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class PipelineConfig:
     retry_delay_s: float = 10.0
     deployment: str = "reasoning-pipeline"
     cron: str = "0 3 * * *"
+    limit: int | None = None  # a trial run: the first N test problems (read by stages.prepare_data)
 
 
 def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
@@ -80,21 +82,11 @@ def failure(stage: str, returncode: int, output: list[str]) -> StageFailed:
     return StageFailed(stage, message, transient=any(t in text for t in TRANSIENT_DVC))
 
 
-def api_url() -> str:
-    """The Prefect API this process talks to; starts Prefect's temporary server if there is none."""
-    url = get_current_settings().api.url
-    if url:
-        return url
-    server = SubprocessASGIServer()  # the per-process singleton Prefect's own client would start
-    server.start()
-    return server.api_url
-
-
 def stage_env() -> dict[str, str]:
     """Environment of `dvc repro`: this interpreter first on PATH (dvc.yaml's `python`), the shared API."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PREFECT_API_URL"] = api_url()
+    env["PREFECT_API_URL"] = lifecycle.start_api()
     return env
 
 
@@ -102,17 +94,31 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.data, StageFailed) and state.data.transient
 
 
-@task(cache_policy=NO_CACHE, retry_condition_fn=_transient)
-def repro(stage: str, root: str) -> Any:
-    """`dvc repro <stage>` in `root`, output streamed through; Completed('ran'|'unchanged') or Failed."""
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", stage], cwd=root, env=stage_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    tail: deque[str] = deque(maxlen=400)
-    assert proc.stdout is not None
-    for line in proc.stdout:
+def _pump(stream: Any, tail: deque[str]) -> None:
+    for line in stream:
         print(line, end="", flush=True)
         tail.append(line)
-    if proc.wait():
+
+
+@task(cache_policy=NO_CACHE, retry_condition_fn=_transient)
+def repro(stage: str, root: str) -> Any:
+    """`dvc repro <stage>` in `root`, output streamed through; Completed('ran'|'unchanged') or Failed.
+
+    DVC runs in a session of its own (flows.lifecycle): on Ctrl-C this task forwards the interrupt
+    to it and its stage, waits for them to end (output still streamed), and then re-raises."""
+    proc = lifecycle.spawn([sys.executable, "-m", "dvc", "repro", stage], cwd=root, env=stage_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    tail: deque[str] = deque(maxlen=400)
+    reader = threading.Thread(target=_pump, args=(proc.stdout, tail), daemon=True)
+    reader.start()
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        lifecycle.interrupt_children()
+        reader.join(timeout=2)
+        raise
+    reader.join()
+    if proc.returncode:
         err = failure(stage, proc.returncode, list(tail))
         return Failed(message=str(err), data=err)
     unchanged = any(re.search(rf"Stage '{re.escape(stage)}' didn't change", line) for line in tail)
@@ -123,7 +129,9 @@ def repro(stage: str, root: str) -> Any:
 def pipeline(root: str = str(ROOT)) -> Any:
     """Reproduce every stage of `root`/dvc.yaml in order, then publish the final comparison table."""
     logger = get_run_logger()
-    cfg = pipeline_config(load_params(Path(root) / "params.yaml"))
+    params = load_params(Path(root) / "params.yaml")
+    cfg = pipeline_config(params)
+    tracking.ensure_store(params)  # created once, here, before stage processes write to it
     summary = {}
     for stage in stage_order(read_stages(root)):
         t0 = time.perf_counter()
@@ -133,6 +141,8 @@ def pipeline(root: str = str(ROOT)) -> Any:
             return Failed(message=state.message)
         summary[stage] = (state.message, time.perf_counter() - t0)
         logger.info("%s: %s in %.1f s", stage, state.message, summary[stage][1])
+    for note in tracking.reconcile_registry(params):  # stages DVC restored from its cache ran no code
+        logger.info("registry: %s", note)
     if (Path(root) / FINAL_TABLE).exists():
         create_markdown_artifact((Path(root) / FINAL_TABLE).read_text(), key="final-comparison",
                                  description="Every model on the test split (stage final_eval)")
@@ -151,13 +161,19 @@ Where to look next:
 
 
 def run() -> int:
-    state = pipeline(return_state=True)
-    # Stop the temporary server now rather than at exit, so the table or the error is the last
-    # output; logs and events are sent first, as prefect_test_harness does before it stops its server.
-    if not get_current_settings().api.url:  # the temporary server is ours, not a configured one
-        APILogWorker.drain_all(timeout=10)
-        EventsWorker.drain_all(timeout=10)
-        SubprocessASGIServer().stop()
+    """Run the pipeline once; print the table (or the error) last. Exit status 130 after a Ctrl-C."""
+    lifecycle.install_handlers()
+    lifecycle.start_api()  # before Prefect's client would start a server of its own, in Ctrl-C's reach
+    try:
+        state = pipeline(return_state=True)
+    except KeyboardInterrupt:
+        lifecycle.interrupt_children()
+        print("\nERROR: pipeline interrupted: every stage process has ended; rerun to resume (the stages "
+              "continue from their journals and checkpoints under runs/)", file=sys.stderr)
+        return lifecycle.EXIT_INTERRUPTED
+    finally:
+        # Stop our temporary server now rather than at exit, so the table or the error is the last output.
+        lifecycle.stop_api()
     if not state.is_completed():
         print(f"\nERROR: pipeline failed: {state.message}", file=sys.stderr)
         return 1
@@ -185,9 +201,9 @@ def start_server(port: int, timeout_s: float = 120.0) -> subprocess.Popen:
 
     log_path = Path(os.environ["PREFECT_HOME"]) / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "ab") as log:  # in a session of its own: a Ctrl-C for the runner must not kill it first
+        proc = lifecycle.spawn([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -220,20 +236,20 @@ def serve(cfg: PipelineConfig, cron: str | None = None, port: int | None = None)
     """Serve the pipeline on its schedule until interrupted (Ctrl-C)."""
     from prefect import serve as prefect_serve
 
-    server = None
+    lifecycle.install_handlers()
     url = get_current_settings().api.url
     if not url:
         port = port or _free_port()
-        server = start_server(port)
+        start_server(port)  # in a session of its own; interrupt_children stops it below
         url = f"http://127.0.0.1:{port}/api"
         print(f"Prefect server (UI and API) at http://127.0.0.1:{port}, log in {os.environ['PREFECT_HOME']}/server.log")
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             prefect_serve(deployment(cfg, cron))
+    except KeyboardInterrupt:
+        pass  # the runner has cancelled its runs; the server goes next
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+        lifecycle.interrupt_children()  # the server (and anything else started here) ends with us
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,9 @@ model versions. Markdown outputs become Prefect markdown artifacts.
 A stage's exception ends the flow run as Failed with the error as its message, and the command
 prints the traceback of the stage's own frames (none of Prefect's) and, last, one line:
 `ERROR: stage '<stage>' failed: <Type>: <message>`. The exit status is 75 (EX_TEMPFAIL) when
-the error is a network failure or timeout, so the pipeline retries it; otherwise 1.
+the error is a network failure or timeout, so the pipeline retries it; otherwise 1. Ctrl-C
+(SIGINT) ends the stage within seconds with status 130: its MLflow run is marked KILLED, its
+Prefect flow run Crashed, and its journal or checkpoint stays for the next run (flows.lifecycle).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from reasoning.config import load_params
 from reasoning.files import read_json
 from stages.common import params_file
 
-from . import tracking
+from . import lifecycle, tracking
 from .dag import StageSpec, read_stages
 
 EXIT_FAILED, EXIT_TRANSIENT = 1, 75
@@ -108,7 +110,12 @@ def run_stage(stage: str, argv: list[str] | None = None) -> int:
         print(f"ERROR: stage '{stage}' failed: unknown stage; dvc.yaml defines {list(stages)}", file=sys.stderr)
         return EXIT_FAILED
     argv = stages[stage].args + list(argv or [])
-    state = stage_flow.with_options(name=stage)(stage, argv, return_state=True)
+    try:
+        state = stage_flow.with_options(name=stage)(stage, argv, return_state=True)
+    except KeyboardInterrupt:  # Prefect has marked the flow run Crashed, tracking the MLflow run KILLED
+        print(f"ERROR: stage '{stage}' interrupted; rerun to resume from its journal or checkpoint",
+              file=sys.stderr, flush=True)
+        return lifecycle.EXIT_INTERRUPTED
     if state.is_completed():
         return 0
     print(f"ERROR: stage '{stage}' failed: {state.message}", file=sys.stderr, flush=True)
@@ -123,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     if "-h" in argv[1:] or "--help" in argv[1:]:  # the stage's own help, no flow run
         importlib.import_module(f"stages.{argv[0]}").main(argv[1:])
-    return run_stage(argv[0], argv[1:])
+    lifecycle.install_handlers()
+    lifecycle.start_api()  # PREFECT_API_URL (the pipeline's server), else our own, out of Ctrl-C's reach
+    try:
+        return run_stage(argv[0], argv[1:])
+    finally:
+        lifecycle.stop_api()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ Design choices:
 - Every output directory `data/models/<name>` becomes a version of one registered model, with
   alias `<name>` (base, sft, grpo), tagged with a hash of its files. The files are logged as
   run artifacts, or registered by path when `tracking.log_model_files` is false (big models).
+  After every pipeline run `reconcile_registry` makes the aliases name the versions whose files
+  are on disk (DVC may restore a model from its cache without running its stage) and tags the
+  versions registered by path whose files were overwritten since.
 
 `python -m flows.tracking` prints the registered versions side by side (one line each).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import os
 import re
@@ -57,19 +61,48 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store (`<db>.lock`) for the body; no-op for servers.
+
+    A fresh SQLite store gets its schema (MLflow's migrations) on first use, and two processes
+    migrating it at once corrupt it ("duplicate column name", "table _alembic_tmp_... already
+    exists"): stages run side by side (`dvc repro` of independent stages, `dvc exp run --queue`
+    workers) serialise the creation of the store and of the experiment on this lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _mlflow(cfg: TrackingConfig):
+    """The mlflow module, pointed at the store and the experiment; creates (migrates) the store and the
+    experiment the first time, once, under `store_lock`."""
     import mlflow
 
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(cfg.experiment) is None:
-        # A SQLite store keeps its artifacts beside it (MLflow's default is under the current
-        # directory); a tracking server chooses its own.
-        location = ((Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
-                    if uri.startswith("sqlite:///") else None)
-        mlflow.create_experiment(cfg.experiment, artifact_location=location)
-    mlflow.set_experiment(cfg.experiment)
+    with store_lock(uri):
+        mlflow.set_tracking_uri(uri)
+        if mlflow.get_experiment_by_name(cfg.experiment) is None:  # the first query creates the schema
+            # A SQLite store keeps its artifacts beside it (MLflow's default is under the current
+            # directory); a tracking server chooses its own.
+            location = ((Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+                        if uri.startswith("sqlite:///") else None)
+            mlflow.create_experiment(cfg.experiment, artifact_location=location)
+        mlflow.set_experiment(cfg.experiment)
     return mlflow
+
+
+def ensure_store(params: dict[str, Any]) -> None:
+    """Create the tracking store and the experiment now (the pipeline does, before any stage runs)."""
+    _mlflow(tracking_config(params))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,19 +211,23 @@ def _maybe_float(v: str) -> Any:
 
 @contextmanager
 def stage_run(spec: StageSpec, params: dict[str, Any]) -> Iterator[Any]:
-    """An MLflow run named after the stage, with its params and provenance tags; FAILED if the body raises."""
+    """An MLflow run named after the stage, with its params and provenance tags; FAILED if the body raises,
+    KILLED if it is interrupted (Ctrl-C)."""
     cfg = tracking_config(params)
     mlflow = _mlflow(cfg)
-    with mlflow.start_run(run_name=spec.name, tags=provenance_tags(spec, params)) as run:
+    run = mlflow.start_run(run_name=spec.name, tags=provenance_tags(spec, params))
+    try:
         section = stage_params(spec, params)
         mlflow.log_params({mlflow_key(k): (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000]
                            for k, v in flatten(section).items()})  # 6000: MLflow's limit per value
         mlflow.log_dict(section, "params.json")  # the exact values, for long ones
-        try:
-            yield run
-        except BaseException as e:
-            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
-            raise
+        yield run
+    except BaseException as e:
+        mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+        mlflow.end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")  # Ctrl-C: a kill, not a failure
+        raise
+    else:
+        mlflow.end_run("FINISHED")
 
 
 def log_outputs(spec: StageSpec, params: dict[str, Any], run: Any, wall_time_s: float) -> dict[str, Any]:
@@ -297,12 +334,60 @@ def annotate_version(path: Path, params: dict[str, Any], tags: dict[str, Any]) -
     return int(mv.version)
 
 
+def _by_path(mv: Any) -> bool:
+    """True for a version registered by path (`log_model_files: false`): its files are the ones on disk."""
+    path = mv.tags.get("path")
+    return bool(path) and mv.source == Path(path).resolve().as_uri()
+
+
+def reconcile_registry(params: dict[str, Any]) -> list[str]:
+    """Make the registry tell the truth about what is on disk; return what changed, one line each.
+
+    Run after every pipeline run, since DVC can restore a model directory from its cache without
+    running the stage (so nothing registers it): each alias (data/models/<alias>) is pointed at the
+    newest version whose content hash is the directory's (a version is registered by path when none
+    has it), and each version registered by path is tagged `files_overwritten` when the files at its
+    path are no longer the ones it was registered with (a rerun with `log_model_files: false`)."""
+    import mlflow
+
+    cfg = tracking_config(params)
+    _mlflow(cfg)
+    client, name, notes = mlflow.MlflowClient(), cfg.registered_model, []
+    if not client.search_registered_models(f"name = '{name}'"):
+        return notes
+    versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"])
+    for mv in filter(_by_path, versions):
+        path = Path(mv.tags["path"])
+        gone = not path.is_dir() or dir_hash(path) != mv.tags.get("content_hash")
+        if gone != (mv.tags.get("files_overwritten") == "true"):
+            client.set_model_version_tag(name, mv.version, "files_overwritten", str(gone).lower())
+            notes.append(f"version {mv.version}: files at {path} {'overwritten' if gone else 'back'}")
+    aliases = client.get_registered_model(name).aliases
+    models = sorted(p for p in MODELS_DIR.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if MODELS_DIR.is_dir() else []
+    for path in models:
+        content = dir_hash(path)
+        match = next((mv for mv in versions if mv.tags.get("content_hash") == content), None)
+        if match is None:
+            match = client.create_model_version(
+                name, source=path.resolve().as_uri(), tags={"content_hash": content, "path": str(path),
+                                                            "stage": "restored"},
+                description=f"{path} as found on disk after a pipeline run (restored from DVC's cache)")
+            notes.append(f"version {match.version}: registered {path} by path (no version held its files)")
+        if str(aliases.get(path.name)) != str(match.version):
+            client.set_registered_model_alias(name, path.name, match.version)
+            notes.append(f"alias {path.name} -> version {match.version} (the files in {path})")
+    return notes
+
+
 # ---------------------------------------------------------------------------------------------
 # Comparing versions
 
 
 def versions_table(params: dict[str, Any]) -> str:
-    """One line per registered version: aliases, stage, commit and its final evaluation (if any)."""
+    """One line per registered version: aliases, stage, commit, its final evaluation (if any) and where its
+    files are: "copied" (logged as artifacts), "on-disk" (registered by path, unchanged) or
+    "OVERWRITTEN" (registered by path, and the files there have changed since)."""
     import mlflow
 
     cfg = tracking_config(params)
@@ -313,7 +398,7 @@ def versions_table(params: dict[str, Any]) -> str:
         return f"no versions of {cfg.registered_model!r} in {tracking_uri()}: run the pipeline first (make run)"
     aliases = client.get_registered_model(cfg.registered_model).aliases  # alias -> version
     lines = [f"{'version':>7}  {'alias':<8} {'stage':<12} {'accuracy':>8}  {'95% CI':<15} {'p vs base':>9}  "
-             f"{'commit':<12} path"]
+             f"{'commit':<12} {'files':<11} path"]
     for mv in versions:
         t = mv.tags
         alias = ",".join(a for a, v in aliases.items() if str(v) == str(mv.version)) or "-"
@@ -321,8 +406,9 @@ def versions_table(params: dict[str, Any]) -> str:
             if "final_eval.ci_low" in t else "-"
         acc = f"{float(t['final_eval.accuracy']):.3f}" if "final_eval.accuracy" in t else "-"
         p = f"{float(t['final_eval.p_value']):.2g}" if "final_eval.p_value" in t else "-"
+        files = ("OVERWRITTEN" if t.get("files_overwritten") == "true" else "on-disk") if _by_path(mv) else "copied"
         lines.append(f"{mv.version:>7}  {alias:<8} {t.get('stage', '-'):<12} {acc:>8}  {ci:<15} "
-                     f"{p:>9}  {t.get('git_commit', '-')[:12]:<12} {t.get('path', '-')}")
+                     f"{p:>9}  {t.get('git_commit', '-')[:12]:<12} {files:<11} {t.get('path', '-')}")
     return "\n".join(lines)
 
 
@@ -330,8 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.tracking",
                                  description="Compare the registered model versions (one line each).")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--reconcile", action="store_true",
+                    help="first point each alias at the version holding the files on disk (as the pipeline does)")
     args = ap.parse_args(argv)
-    print(versions_table(load_params(args.params)))
+    params = load_params(args.params)
+    if args.reconcile:
+        for note in reconcile_registry(params):
+            print(note)
+    print(versions_table(params))
     return 0
 
 

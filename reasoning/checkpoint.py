@@ -13,7 +13,7 @@ nanochat's checkpoint manager:
   usable. Nothing is unpickled on resume.
 - "What a resume must share": a run is identified by a flat key: the settings that change its
   trajectory (`run_settings`: a config minus its `RUN_ONLY` fields) plus the identity of its data
-  and model. The key names the run's state directory (`run_dir`) and is stored in every
+  and model. The key names the run's state directory (`config.run_dir`) and is stored in every
   checkpoint; `resume` refuses a checkpoint whose key differs, naming what changed.
 - A run's per-step log (`StepLog`, out_dir/metrics.jsonl) is cut back to the checkpoint it
   resumes from: the steps after it run, and are logged, again.
@@ -36,7 +36,6 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .config import stable_hash
 from .devices import resolve_device
 from .files import JsonlAppender, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from .model import Qwen3
@@ -100,11 +99,6 @@ def run_settings(cfg: Any) -> dict[str, Any]:
     run_only = getattr(cfg, "RUN_ONLY", ())
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in run_only}
     return json.loads(json.dumps(fields))  # tuples become lists, as in a saved checkpoint
-
-
-def run_dir(root: str | Path, key: dict[str, Any]) -> Path:
-    """The state directory of the run identified by `key` under `root`: another key, another run."""
-    return Path(root) / stable_hash(key)
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:

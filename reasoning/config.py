@@ -62,3 +62,9 @@ def stable_hash(obj: Any) -> str:
     if dataclasses.is_dataclass(obj):
         obj = dataclasses.asdict(obj)
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_dir(root: str | Path, key: dict[str, Any]) -> Path:
+    """The state directory of the run identified by `key` under `root` (e.g. runs/grpo/<hash>): another
+    key (other settings, data or model), another directory, so a stale state is never reused."""
+    return Path(root) / stable_hash(key)

@@ -13,8 +13,9 @@ Design choices:
   n-gram) are dropped before the teacher sees them, and counted.
 - The raw samples go to a journal (the resumable record log of `reasoning.records`), one line
   per problem, named by a hash of everything that determines them (teacher id and revision,
-  prompt, sampling, n, seed). A killed run continues from the problems already journaled; a rerun with the same teacher regenerates nothing (filter
-  settings can change freely); a different teacher writes a different journal, never a mix.
+  prompt, sampling, n, seed). A killed run continues from the problems already journaled; a
+  rerun with the same teacher regenerates nothing (filter settings can change freely); a
+  different teacher writes a different journal, never a mix.
   Each problem's seed comes from its id, so engine samples do not depend on batching or resumes.
 - SFT examples use the chat template. The prompt is exactly what `prompts.render` sends at
   evaluation (`student_prompt`), tokenised on its own as generation will see it, and the loss

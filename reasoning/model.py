@@ -92,7 +92,8 @@ class ModelConfig:
             kwargs.setdefault("rope_theta", rope["rope_theta"])
         if "head_dim" not in kwargs:  # older configs leave it implicit
             kwargs["head_dim"] = hf["hidden_size"] // hf["num_attention_heads"]
-        missing = names - kwargs.keys() - {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = names - kwargs.keys() - optional
         if missing:
             raise ValueError(f"config.json lacks {sorted(missing)}; is this a Qwen3 checkpoint?")
         return cls(**kwargs)

@@ -27,6 +27,7 @@ from typing import Any, Literal, TypedDict
 
 from tqdm import tqdm
 
+from .config import run_dir
 from .files import JsonlAppender, read_jsonl, write_jsonl
 from .grading import grade
 
@@ -47,6 +48,16 @@ class Record(TypedDict):
     config_hash: str  # what determined the completion (prompt, sampling, seed)
     prompt_hash: str
     model_id: str  # content hash of the weights (weights.model_id)
+
+
+def journal(state_dir: str | Path, key: dict[str, Any]) -> Path:
+    """The record log of one run: state_dir/<hash of key>/records.jsonl.
+
+    Stages keep it under `runs/` (git- and DVC-ignored), not among their outputs, which `dvc repro`
+    deletes before it runs a stage: a killed stage resumes under `dvc repro` and `make run` too.
+    Key it by everything a record depends on (model id, data hash, config hash): a run with other
+    inputs gets another log, so a stale one is never reused."""
+    return run_dir(state_dir, key) / "records.jsonl"
 
 
 def grade_record(record: dict[str, Any]) -> dict[str, Any]:

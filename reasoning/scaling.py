@@ -46,7 +46,7 @@ from .config import from_dict, stable_hash
 from .evaluate import metrics_from_records
 from .generate import Completion, SamplingConfig
 from .grading import answers_equivalent, extract_answer
-from .files import atomic_write_text, read_json, read_jsonl, write_json
+from .files import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from .metrics import answer_classes, compare_records, mean_pass_at_k
 from .prompts import PromptConfig, render
 from .records import Record, chunked, grade_record, resume_records, run_resumable
@@ -476,18 +476,19 @@ def _refine(runner: _Runner, chunk: list[str], rows: dict[str, dict], prompts: d
 
 
 def run_grid(generator: Any, problems: Sequence[dict[str, Any]], methods: Sequence[MethodConfig],
-             records_dir: str | Path, seed: int = 0, batch_size: int = 32,
+             journal_dir: str | Path, seed: int = 0, batch_size: int = 32,
              progress: bool = True) -> dict[str, list[dict[str, Any]]]:
-    """Run every method (records in records_dir/<name>.jsonl); sampling methods with the same
-    `sample_key` share the samples of the one with the largest n, which runs first."""
+    """Run every method, each journaled in journal_dir/<name>-<method hash>.jsonl (a changed method
+    is a new journal, never a refused or mixed one); sampling methods with the same `sample_key`
+    share the samples of the one with the largest n, which runs first."""
     records: dict[str, list[dict[str, Any]]] = {}
     donors: dict[str, str] = {}  # sample_key -> name of the method whose samples are shared
     order = sorted(methods, key=lambda m: -m.n)
     for m in order:
         donor_name = donors.get(m.sample_key) if m.aggregate != "refine" else None
         donor = {r["id"]: r for r in records[donor_name]} if donor_name else None
-        records[m.name] = run_method(generator, problems, m, Path(records_dir) / f"{m.name}.jsonl", seed,
-                                     batch_size, donor, progress)
+        path = Path(journal_dir) / f"{m.name}-{m.hash(seed)}.jsonl"
+        records[m.name] = run_method(generator, problems, m, path, seed, batch_size, donor, progress)
         if m.aggregate != "refine":
             donors.setdefault(m.sample_key, m.name)
     return {m.name: records[m.name] for m in methods}
@@ -588,8 +589,11 @@ def load_best(out_dir: str | Path) -> tuple[MethodConfig, list[dict[str, Any]]]:
 
 def write_outputs(out_dir: str | Path, methods: Sequence[MethodConfig],
                   records: dict[str, list[dict[str, Any]]], model: str) -> dict[str, Any]:
-    """table.md, table.csv, frontier.png, metrics.json and best.json under out_dir; returns the metrics."""
+    """records/<method>.jsonl, table.md, table.csv, frontier.png, metrics.json and best.json under
+    out_dir; returns the metrics."""
     out = Path(out_dir)
+    for m in methods:
+        write_jsonl(out / "records" / f"{m.name}.jsonl", records[m.name])
     rows = grid_metrics(methods, records)
     atomic_write_text(out / "table.md", scaling_table(rows, model))
     write_csv(out / "table.csv", rows, TABLE_FIELDS)

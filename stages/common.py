@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from reasoning.config import load_section
+from reasoning.config import load_params, load_section
 
 T = TypeVar("T")
 PARAMS = "params.yaml"
@@ -47,6 +47,16 @@ def stage_config(cls: type[T], stage: str, args: argparse.Namespace) -> T:
     if getattr(args, "limit", None) is not None:
         cfg = dataclasses.replace(cfg, limit=args.limit)  # type: ignore[type-var]
     return cfg
+
+
+def trial_limit(params: Path) -> int | None:
+    """`pipeline.limit` of the params file: a trial run of the whole pipeline on the first N test problems
+    (prepare_data cuts the test split, so every evaluating stage sees the same N); None: the whole split."""
+    limit = (load_params(params).get("pipeline") or {}).get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"{params}:pipeline.limit: expected a positive number of test problems or null, "
+                         f"got {limit!r}")
+    return limit
 
 
 def params_file(argv: Sequence[str]) -> Path:

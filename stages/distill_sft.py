@@ -16,7 +16,8 @@ import dataclasses
 import shutil
 from collections.abc import Sequence
 
-from reasoning.checkpoint import run_dir, run_settings
+from reasoning.checkpoint import run_settings
+from reasoning.config import run_dir
 from reasoning.devices import resolve_device
 from reasoning.distill import SFTConfig, build_sft_examples, student_prompt
 from reasoning.files import read_jsonl, sha256_file, write_json

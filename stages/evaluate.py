@@ -3,8 +3,9 @@
 Writes OUT/records.jsonl (one record per problem: prompt, completion, extracted answer, verdict,
 tokens, seconds) and OUT/metrics.json (accuracy with a 95% Wilson interval, mean tokens,
 truncation rate, tokens/s). Glue only: params section `evaluate` -> EvalConfig ->
-reasoning.evaluate. A killed run resumes from OUT/records.jsonl; `--regrade` recomputes verdicts
-and metrics from it without a model.
+reasoning.evaluate. Records are journaled under STATE/<hash of model, data, settings> (outside
+DVC's outputs): a killed run resumes there, under `dvc repro` too, and a rerun generates nothing
+again. `--regrade` recomputes verdicts and metrics from OUT/records.jsonl without a model.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from collections.abc import Sequence
 
 from reasoning.data import read_dataset
 from reasoning.evaluate import EvalConfig, evaluate, regrade
-from reasoning.files import write_json
+from reasoning.files import sha256_file, write_json, write_jsonl
 from reasoning.generate import load_generator
+from reasoning.records import journal
 
 from .common import add_run_flags, stage_config, stage_parser
 
@@ -24,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ("--model", "checkpoint directory or hub id (hf:Qwen/Qwen3-0.6B-Base)"),
         ("--data", "dataset JSONL, e.g. data/datasets/test.jsonl"),
         ("--out", "output directory, e.g. data/eval/base"),
-    ], optional_paths=("--model", "--data"))
+        ("--state", "journal directory for resuming, e.g. runs/evaluate"),
+    ], optional_paths=("--model", "--data", "--state"))
     add_run_flags(ap)
     ap.add_argument("--regrade", action="store_true",
                     help="regrade OUT/records.jsonl and rewrite OUT/metrics.json, without a model")
@@ -34,11 +37,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.regrade:
         metrics = regrade(records_path)
     else:
-        if not args.model or not args.data:
-            ap.error("--model and --data are required (unless --regrade)")
+        if not args.model or not args.data or not args.state:
+            ap.error("--model, --data and --state are required (unless --regrade)")
         cfg = stage_config(EvalConfig, "evaluate", args)
         generator = load_generator(args.model, cfg)
-        _, metrics = evaluate(generator, read_dataset(args.data), cfg, records_path, progress=not args.no_progress)
+        key = {"model": generator.model_id, "data": sha256_file(args.data), "config": cfg.hash}
+        records, metrics = evaluate(generator, read_dataset(args.data), cfg, journal(args.state, key),
+                                    progress=not args.no_progress)
+        write_jsonl(records_path, records)
     write_json(args.out / "metrics.json", metrics)
     print(f"{args.out}: accuracy {metrics['accuracy']:.3f} "
           f"[{metrics['ci_low']:.3f}, {metrics['ci_high']:.3f}] "

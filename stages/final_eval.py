@@ -6,7 +6,9 @@ generated tokens, wall time), chart.png, metrics.json and each model's records. 
 params `final_eval` (which models) + `evaluate` (how: the one set of evaluation settings) ->
 reasoning.evaluate -> reasoning.report. With `scaling` set, the inference_scaling
 stage's best setting joins the table as a row "<baseline> + <setting>", read from that stage's
-records (same test split, nothing generated again).
+records (same problems, nothing generated again; checked before any model is evaluated). Each
+model's records are journaled under STATE with the evaluate stage's key, so the baseline's records
+of the evaluate stage are reused and a killed run resumes, under `dvc repro` too.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from pathlib import Path
 from reasoning.config import from_dict, load_section
 from reasoning.data import read_dataset
 from reasoning.evaluate import EvalConfig, evaluate, metrics_from_records
-from reasoning.files import atomic_write_text, read_json, write_json
+from reasoning.files import atomic_write_text, read_json, sha256_file, write_json, write_jsonl
 from reasoning.generate import load_generator
 from reasoning.prompts import PromptConfig
+from reasoning.records import journal
 from reasoning.report import COMPARISON_FIELDS, accuracy_chart, comparison_rows, comparison_table, write_csv
 from reasoning.scaling import describe, load_best
 
@@ -50,27 +53,48 @@ def model_eval_config(path: Path, cfg: EvalConfig) -> EvalConfig:
     return dataclasses.replace(cfg, prompt=from_dict(PromptConfig, prompt)) if prompt else cfg
 
 
-def evaluate_model(path: Path, problems: list[dict], cfg: EvalConfig, records: Path) -> tuple[list, dict]:
-    """(records, metrics) of the checkpoint `path` on `problems`, behind the prompt it was trained for."""
+def evaluate_model(path: Path, problems: list[dict], cfg: EvalConfig, state: Path,
+                   data_sha: str) -> tuple[list, dict]:
+    """(records, metrics) of the checkpoint `path` on `problems`, behind the prompt it was trained for.
+
+    Journaled under `state` with the evaluate stage's key (model, data, settings): with the same
+    --state, the baseline's records of the evaluate stage are reused, and a killed run resumes."""
     cfg = model_eval_config(path, cfg)
-    return evaluate(load_generator(path, cfg), problems, cfg, records, progress=False)
+    generator = load_generator(path, cfg)
+    key = {"model": generator.model_id, "data": data_sha, "config": cfg.hash}
+    return evaluate(generator, problems, cfg, journal(state, key), progress=False)
+
+
+def scaling_row(scaling: str, problems: list[dict], eval_limit: int | None) -> tuple:
+    """(best setting, its records) of the inference_scaling stage, checked before anything is generated:
+    the paired comparisons need the very problems final_eval measures the models on."""
+    method, records = load_best(scaling)
+    have, want = [r["id"] for r in records], [str(p["id"]) for p in problems]
+    if have != want:
+        detail = "other problems" if len(have) == len(want) else f"{len(have)} problems"
+        raise ValueError(f"{scaling} holds records of {detail}, while final_eval measures the models on the first "
+                         f"{len(want)} test problems (evaluate.limit: {eval_limit}): set inference_scaling.limit and "
+                         "evaluate.limit to the same value (null: the whole split; for a trial run of the whole "
+                         "pipeline, set pipeline.limit instead) and rerun inference_scaling")
+    return method, records
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = stage_parser("final_eval", __doc__, [("--data", "test split, e.g. data/datasets/test.jsonl"),
-                                                ("--out", "output directory, e.g. data/final")]).parse_args(argv)
+    args = stage_parser("final_eval", __doc__, [
+        ("--data", "test split, e.g. data/datasets/test.jsonl"), ("--out", "output directory, e.g. data/final"),
+        ("--state", "journal directory (the evaluate stage's, to reuse its records), e.g. runs/evaluate"),
+    ]).parse_args(argv)
     cfg = stage_config(FinalEvalConfig, "final_eval", args)
     eval_cfg = load_section(EvalConfig, "evaluate", args.params)
-    problems = read_dataset(args.data)
+    problems = read_dataset(args.data)[:eval_cfg.limit]
+    best = scaling_row(cfg.scaling, problems, eval_cfg.limit) if cfg.scaling else None
     results = {}
     for name, path in cfg.models.items():
-        results[name] = evaluate_model(Path(path), problems, eval_cfg, args.out / "records" / f"{name}.jsonl")
+        results[name] = evaluate_model(Path(path), problems, eval_cfg, args.state, sha256_file(args.data))
+        write_jsonl(args.out / "records" / f"{name}.jsonl", results[name][0])
         print(f"{name}: accuracy {results[name][1]['accuracy']:.3f} on {results[name][1]['n']} problems")
-    if cfg.scaling:
-        method, records = load_best(cfg.scaling)
-        if [r["id"] for r in records] != [str(p["id"]) for p in problems]:
-            raise ValueError(f"{cfg.scaling} was measured on other problems than {args.data}; rerun "
-                             "inference_scaling")
+    if best:
+        method, records = best
         results[f"{cfg.baseline} + {describe(method, method.budgets[-1])}"] = (records, metrics_from_records(records))
     rows = comparison_rows(results, cfg.baseline, cfg.n_boot, cfg.seed)
     table = comparison_table(rows, cfg.baseline)

@@ -17,7 +17,8 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from reasoning.checkpoint import run_dir, run_settings
+from reasoning.checkpoint import run_settings
+from reasoning.config import run_dir
 from reasoning.data import read_dataset
 from reasoning.devices import resolve_device
 from reasoning.evaluate import EvalConfig, evaluate

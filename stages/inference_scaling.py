@@ -5,8 +5,9 @@ each sampled once at its largest budget. Writes OUT/records/<method>.jsonl, OUT/
 OUT/table.csv (accuracy with 95% interval, paired difference to row 1, tokens, time),
 OUT/frontier.png (accuracy vs. tokens with the Pareto frontier), OUT/metrics.json and
 OUT/best.json (the most accurate setting). Glue only: params section `inference_scaling` ->
-ScalingConfig -> reasoning.scaling.run_grid -> write_outputs. A killed run resumes from the
-records; `--report` rebuilds the outputs from them without a model.
+ScalingConfig -> reasoning.scaling.run_grid -> write_outputs. A killed run resumes from its
+journal under STATE/<hash of model and data> (outside DVC's outputs, so under `dvc repro` too);
+`--report` rebuilds the outputs from OUT/records without a model.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import dataclasses
 from collections.abc import Sequence
 
 from reasoning.data import read_dataset
-from reasoning.files import read_jsonl
+from reasoning.config import run_dir
+from reasoning.files import read_jsonl, sha256_file
 from reasoning.generate import load_generator
 from reasoning.scaling import ScalingConfig, run_grid, write_outputs
 
@@ -27,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ("--model", "checkpoint directory or hub id, e.g. data/models/base"),
         ("--data", "dataset JSONL, e.g. data/datasets/test.jsonl"),
         ("--out", "output directory, e.g. data/scaling"),
-    ], optional_paths=("--model", "--data"))
+        ("--state", "journal directory for resuming, e.g. runs/inference_scaling"),
+    ], optional_paths=("--model", "--data", "--state"))
     add_run_flags(ap)
     ap.add_argument("--methods", nargs="+", metavar="NAME", help="run only these methods of the section")
     ap.add_argument("--report", action="store_true", help="rebuild the outputs from OUT/records without a model")
@@ -47,11 +50,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ap.error(f"no records for {missing} in {records_dir}: run without --report first")
         records = {m.name: read_jsonl(records_dir / f"{m.name}.jsonl") for m in cfg.methods}
     else:
-        if not args.model or not args.data:
-            ap.error("--model and --data are required (unless --report)")
+        if not args.model or not args.data or not args.state:
+            ap.error("--model, --data and --state are required (unless --report)")
         problems = read_dataset(args.data)[:cfg.limit]
-        records = run_grid(load_generator(args.model, cfg), problems, cfg.methods, records_dir, cfg.seed,
-                           cfg.batch_size, progress=not args.no_progress)
+        generator = load_generator(args.model, cfg)
+        journals = run_dir(args.state, {"model": generator.model_id, "data": sha256_file(args.data)})
+        records = run_grid(generator, problems, cfg.methods, journals, cfg.seed, cfg.batch_size,
+                           progress=not args.no_progress)
     # the table's model column: the checkpoint's name, else (--report alone) its weights' hash
     model = (args.model.name or str(args.model)) if args.model else records[cfg.methods[0].name][0]["model_id"]
     metrics = write_outputs(args.out, cfg.methods, records, model)

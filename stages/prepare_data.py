@@ -1,7 +1,9 @@
 """Stage `prepare_data`: the train and test splits; writes OUT/{train,test}.jsonl (+ .meta.json) and METRICS.
 
 Glue only: params section -> PrepareConfig -> reasoning.toy.task (the embedded toy world) or
-reasoning.data (MATH-500 as test, MATH train with every MATH-500 problem removed).
+reasoning.data (MATH-500 as test, MATH train with every MATH-500 problem removed). With
+`pipeline.limit: N` (a trial run of the whole pipeline) the test split is its first N problems,
+so every evaluating stage, and final_eval's comparisons, see the same N.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from reasoning import data
 from reasoning.files import write_json
 from reasoning.toy.task import LEVELS, make_splits
 
-from .common import stage_config, stage_parser
+from .common import stage_config, stage_parser, trial_limit
 
 
 @dataclass(frozen=True)
@@ -53,17 +55,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = stage_parser("prepare_data", __doc__, [("--out", "output directory, e.g. data/datasets"),
                                                   ("--metrics", "metrics file")]).parse_args(argv)
     cfg = stage_config(PrepareConfig, "prepare_data", args)
-    out = args.out
+    limit, out = trial_limit(args.params), args.out  # a trial run: the first `limit` test problems
     if cfg.world == "toy":
         train, test = make_splits(cfg.toy.n_train, cfg.toy.n_test, cfg.toy.seed, cfg.toy.levels)
         src = f"toy:seed={cfg.toy.seed}"
         meta_train = data.write_dataset(train, out / "train.jsonl", src, {"split": "train"})
-        meta_test = data.write_dataset(test, out / "test.jsonl", src, {"split": "test"})
+        meta_test = data.write_dataset(test[:limit], out / "test.jsonl", src, {"split": "test"})
         dropped = 0
     else:
         test, skipped_test = _load(cfg.test)
         train, skipped_train = _load(cfg.train)
         train, dropped = data.remove_overlap(train, test)  # MATH train and MATH-500 share their origin
+        test = test[:limit]  # after the overlap check: training never holds a test problem, trial or not
         meta_test = data.write_dataset(test, out / "test.jsonl", cfg.test.source,
                                        {"split": cfg.test.split, "revision": cfg.test.revision}, skipped_test)
         meta_train = data.write_dataset(train, out / "train.jsonl", cfg.train.source,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reasoning.checkpoint import StepLog, check_resumable, run_dir, run_settings
+from reasoning.checkpoint import StepLog, check_resumable, run_settings
+from reasoning.config import run_dir
 from reasoning.files import read_jsonl, write_json, write_jsonl
 from reasoning.train import TrainConfig
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -240,7 +241,8 @@ def test_stage_cli_end_to_end(tiny_ckpt, tiny_tokenizer_path, tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("evaluate:\n  batch_size: 2\n  device: cpu\n  sampling:\n    max_new_tokens: 5\n")
     out = tmp_path / "eval"
-    argv = ["--model", str(tiny_ckpt), "--data", str(data), "--out", str(out), "--params", str(params)]
+    argv = ["--model", str(tiny_ckpt), "--data", str(data), "--out", str(out), "--params", str(params),
+            "--state", str(tmp_path / "runs")]
 
     metrics = stage_main(argv + ["--limit", "3", "--no-progress"])
     records = read_jsonl(out / "records.jsonl")
@@ -251,12 +253,18 @@ def test_stage_cli_end_to_end(tiny_ckpt, tiny_tokenizer_path, tmp_path, capsys):
     assert len(records[0]["model_id"]) == 16 and metrics["model_id"] == records[0]["model_id"]
 
     assert stage_main(["--out", str(out), "--regrade"]) == metrics
-    # Same command again: everything is reused (nothing regenerated: the timings are the old ones).
+    # Same command again, its output deleted as `dvc repro` does: everything comes from the journal under
+    # --state (nothing regenerated: the timings are the old ones).
+    shutil.rmtree(out)
     assert stage_main(argv + ["--limit", "3", "--no-progress"]) == metrics
     assert read_jsonl(out / "records.jsonl") == records
+    # Another model is another journal: its own records, never the first model's, and the first stays.
     other = make_checkpoint(tmp_path / "other", "tiny", tiny_tokenizer_path, seed=1)
-    with pytest.raises(ValueError, match="records of model"):
-        stage_main(["--model", str(other)] + argv[2:])
+    other_metrics = stage_main(["--model", str(other)] + argv[2:] + ["--limit", "3", "--no-progress"])
+    assert other_metrics["model_id"] != metrics["model_id"] and other_metrics["n"] == 3
+    assert {r["model_id"] for r in read_jsonl(out / "records.jsonl")} == {other_metrics["model_id"]}
+    assert len(list((tmp_path / "runs").glob("*/records.jsonl"))) == 2
+    assert stage_main(argv + ["--limit", "3", "--no-progress"]) == metrics
     with pytest.raises(SystemExit):
         stage_main(["--out", str(out)])  # neither a model nor --regrade
     with pytest.raises(ValueError, match="unknown key"):

@@ -24,6 +24,39 @@ def test_model_prompt_comes_from_its_metadata(tmp_path, tiny_ckpt):
     prompt = PromptConfig(template="chat", think=True)
     (chat / "metadata.json").write_text(json.dumps({"prompt": {"template": "chat", "think": True}}))
     assert model_eval_config(chat, cfg).prompt == prompt
-    records, metrics = evaluate_model(chat, PROBLEMS, cfg, tmp_path / "records.jsonl")
+    records, metrics = evaluate_model(chat, PROBLEMS, cfg, tmp_path / "runs", "data-sha")
     assert records[0]["prompt"] == render(PROBLEMS[0]["problem"], prompt)
     assert metrics["prompt_hash"] == prompt.hash
+
+
+def test_scaling_records_of_other_problems_are_refused_before_any_model_runs(tmp_path, monkeypatch):
+    """inference_scaling.limit 3 against the whole split: final_eval stops at once, naming the settings."""
+    import pytest
+    import yaml
+
+    import stages.final_eval as stage
+    from reasoning.data import write_dataset
+    from reasoning.scaling import MethodConfig, run_grid, write_outputs
+    from tests.test_scaling import TOPP, FakeGenerator, problems, sc_answer
+
+    rows = problems(6)
+    methods = [MethodConfig("sc", sampling=TOPP, n=2, aggregate="majority")]
+    write_outputs(tmp_path / "scaling", methods,
+                  run_grid(FakeGenerator(sc_answer), rows[:3], methods, tmp_path / "journal", progress=False), "toy")
+    write_dataset(rows, tmp_path / "test.jsonl", source="test")
+    params = {"evaluate": {"limit": None}, "final_eval": {"models": {"base": "nowhere"},
+                                                           "scaling": str(tmp_path / "scaling")}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was evaluated before the inputs were checked")
+
+    monkeypatch.setattr(stage, "evaluate_model", no_model)
+    argv = ["--data", str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "final"),
+            "--state", str(tmp_path / "runs"), "--params", str(tmp_path / "params.yaml")]
+    expected = (r"holds records of 3 problems, while final_eval measures the models on the first 6 .*"
+                r"set inference_scaling.limit and evaluate.limit .*pipeline.limit")
+    with pytest.raises(ValueError, match=expected):
+        stage.main(argv)
+    method, records = stage.scaling_row(str(tmp_path / "scaling"), rows[:3], 3)  # evaluate.limit: 3 matches
+    assert [r["id"] for r in records] == [r["id"] for r in rows[:3]] and method.name == "sc"

@@ -8,6 +8,7 @@ scripts, so retries, ordering, failure messages and the final artifact are teste
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -113,7 +114,8 @@ def test_stage_flow_logs_params_metrics_artifacts_and_provenance(repo):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
     assert tags["git_commit"] == head  # the stage's outputs are git-ignored: the tree stays clean
     params = load_params("params.yaml")
-    assert tags["params_hash"] == stable_hash({"prepare_data": params["prepare_data"]})
+    declared = {"prepare_data": params["prepare_data"], "pipeline.limit": params["pipeline"]["limit"]}
+    assert tags["params_hash"] == stable_hash(declared)  # the params dvc.yaml declares for the stage
     shas = {p: read_json(Path(p).with_suffix(".meta.json"))["sha256"]
             for p in ("data/datasets/train.jsonl", "data/datasets/test.jsonl")}
     assert shas["data/datasets/train.jsonl"] == sha256_file("data/datasets/train.jsonl")
@@ -122,7 +124,7 @@ def test_stage_flow_logs_params_metrics_artifacts_and_provenance(repo):
     artifacts = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(repo / "dl"))
     assert (Path(artifacts) / "data/datasets/train.jsonl").read_bytes() == Path("data/datasets/train.jsonl").read_bytes()
     assert read_json(Path(artifacts) / "data/metrics/prepare_data.json")["train_rows"] == 40
-    assert read_json(Path(artifacts) / "params.json") == {"prepare_data": params["prepare_data"]}
+    assert read_json(Path(artifacts) / "params.json") == declared
 
     runs = flow_runs("prepare_data")
     assert len(runs) == before + 1 and all(r.state.is_completed() for r in runs)
@@ -143,7 +145,7 @@ def test_stage_args_come_from_the_dvc_cmd():
     """The paths are written once, in dvc.yaml's cmd: `python -m flows.stage <name>` alone runs with them."""
     specs = dag.read_stages(ROOT)
     assert specs["evaluate"].args == ["--model", "data/models/base", "--data", "data/datasets/test.jsonl",
-                                      "--out", "data/eval/base", "--no-progress"]
+                                      "--out", "data/eval/base", "--state", "runs/evaluate", "--no-progress"]
     bad = dag.StageSpec(name="x", cmd="python -m stages.x --out y")
     with pytest.raises(ValueError, match="must start with 'python -m flows.stage x'"):
         bad.args
@@ -178,6 +180,43 @@ def test_load_base_registers_versions_with_alias(repo, tiny_ckpt):
     table = tracking.versions_table(load_params("params.yaml")).splitlines()
     assert len(table) == 3 and table[2].split()[:3] == ["2", "base", "load_base"]
     assert table[1].split()[:2] == ["1", "-"]
+
+
+def test_registry_follows_the_files_on_disk(repo, tiny_ckpt, tmp_path):
+    """(a) DVC restores a model from its run cache without running its stage: the alias must follow the
+    files. (b) With log_model_files: false a rerun overwrites the files a version points at: it is tagged."""
+    import mlflow
+
+    from tests.conftest import make_checkpoint
+
+    other = make_checkpoint(tmp_path / "other", "tiny", tiny_ckpt / "tokenizer.json", seed=1)
+    params = set_params(repo, load_base={"source": str(tiny_ckpt)})
+    name, client = params["tracking"]["registered_model"], mlflow.MlflowClient()
+    assert stage.run_stage("prepare_data") == 0 and stage.run_stage("load_base") == 0  # version 1: files A
+    files_a = tmp_path / "a"
+    shutil.copytree("data/models/base", files_a)
+    set_params(repo, load_base={"source": str(other)})
+    assert stage.run_stage("load_base") == 0  # version 2: files B, alias base -> 2
+    shutil.rmtree("data/models/base")
+    shutil.copytree(files_a, "data/models/base")  # what `dvc repro` restoring A from its run cache does
+    assert int(client.get_model_version_by_alias(name, "base").version) == 2  # the lie
+    notes = tracking.reconcile_registry(load_params("params.yaml"))
+    assert int(client.get_model_version_by_alias(name, "base").version) == 1 and notes == [
+        "alias base -> version 1 (the files in data/models/base)"]
+    assert tracking.reconcile_registry(load_params("params.yaml")) == []  # nothing left to fix
+
+    # (b) registered by path (big models), then overwritten by a rerun of the stage with other weights
+    params = set_params(repo, tracking={**params["tracking"], "log_model_files": False},
+                        load_base={"source": str(tiny_ckpt)})
+    assert stage.run_stage("load_base") == 0  # version 3, by path
+    set_params(repo, load_base={"source": str(other)})
+    assert stage.run_stage("load_base") == 0  # version 4, by path: the files of version 3 are gone
+    notes = tracking.reconcile_registry(load_params("params.yaml"))
+    assert notes == ["version 3: files at data/models/base overwritten"]
+    assert client.get_model_version(name, "3").tags["files_overwritten"] == "true"
+    assert int(client.get_model_version_by_alias(name, "base").version) == 4
+    rows = {line.split()[0]: line.split() for line in tracking.versions_table(load_params("params.yaml")).splitlines()}
+    assert rows["3"][-2] == "OVERWRITTEN" and rows["4"][-2] == "on-disk" and rows["1"][-2] == "copied"
 
 
 def test_stage_failure_is_one_line_and_failed_in_prefect_and_mlflow(repo, capsys):
@@ -217,7 +256,40 @@ def test_unknown_stage_and_bad_arguments_are_reported(repo, capsys):
     assert "unrecognized arguments: --no-such-flag" in err  # argparse's own message
     assert err.strip().splitlines()[-1].startswith("ERROR: stage 'evaluate' failed: bad arguments [")
     # the stage got dvc.yaml's arguments, then the ones given, which win
-    assert "'--out', 'data/eval/base', '--no-progress', '--out', 'x', '--no-such-flag'] (exit status 2" in err
+    assert "'--out', 'data/eval/base', '--state', 'runs/evaluate', '--no-progress', '--out', 'x', '--no-such-flag'] " \
+        "(exit status 2" in err
+
+
+TRACK_ONE_RUN = """
+import os, sys, time
+from pathlib import Path
+from flows import tracking
+go = Path(sys.argv[1])
+while not go.exists():  # start together: both find the store missing
+    time.sleep(0.001)
+mlflow = tracking._mlflow(tracking.TrackingConfig(experiment="race"))
+with mlflow.start_run(run_name=sys.argv[2]):
+    mlflow.log_metric("x", 1.0)
+"""
+
+
+def test_two_stages_starting_on_a_fresh_store_both_track(tmp_path):
+    """Two stage processes tracking at the same moment on a new SQLite store (dvc repro of independent
+    stages, dvc exp queue workers): the store is created once, under a lock, and both runs land."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", TRACK_ONE_RUN, str(go), name], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in ("a", "b")]
+    time.sleep(3)  # both have imported mlflow and wait at the barrier
+    go.touch()
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["a", "b"]
 
 
 def test_transient_errors_are_told_apart():
@@ -240,6 +312,14 @@ def test_transient_errors_are_told_apart():
     assert pipeline.failure("x", 255, out).transient
     err = pipeline.failure("x", 255, ["ERROR: Unable to acquire lock. Most likely another DVC process is running\n"])
     assert err.transient and "Unable to acquire lock" in str(err)
+    busy = [  # dvc 3's output when another `dvc repro` holds an output's read/write lock (captured)
+        "ERROR: failed to reproduce 'prepare_data': '/tmp/repo/data/metrics/prepare_data.json' is busy, it is "
+        "being blocked by:\n",
+        "  (PID 16979): dvc repro prepare_data\n", "\n",
+        "If there are no processes with such PIDs, you can manually remove '/tmp/repo/.dvc/tmp/rwlock' and try "
+        "again.\n"]
+    err = pipeline.failure("prepare_data", 255, busy)
+    assert err.transient and "is busy, it is being blocked by" in str(err)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -174,6 +174,26 @@ def test_prepare_data_sources_world_removes_overlap(tmp_path, monkeypatch):
     assert json.loads(Path("data/datasets/train.meta.json").read_text())["dropped_overlap"] == 1
 
 
+def test_pipeline_limit_cuts_the_test_split_for_a_trial_run(tmp_path, monkeypatch):
+    """pipeline.limit: N, the one trial knob: the test split is its first N problems, in both worlds."""
+    from reasoning.files import read_jsonl
+    from stages import prepare_data
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--out", "data/datasets", "--metrics", "m.json"]
+    toy = {"world": "toy", "toy": {"n_train": 30, "n_test": 12, "seed": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"prepare_data": toy, "pipeline": {"limit": 5}}))
+    assert prepare_data.main(argv)["test_rows"] == 5
+    first_five = [r["id"] for r in read_jsonl("data/datasets/test.jsonl")]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"prepare_data": toy, "pipeline": {"limit": None}}))
+    assert prepare_data.main(argv)["test_rows"] == 12
+    assert [r["id"] for r in read_jsonl("data/datasets/test.jsonl")][:5] == first_five
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"prepare_data": toy, "pipeline": {"limit": 0}}))
+    with pytest.raises(ValueError, match="pipeline.limit: expected a positive number"):
+        prepare_data.main(argv)
+
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end, tiny
 

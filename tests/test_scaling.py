@@ -249,7 +249,8 @@ def test_grid_shares_samples_between_methods_with_the_same_sampling(tmp_path):
     assert sorted(n for _, n, _ in gen.calls) == [1, 5]  # bon (largest n) sampled; single and sc reuse it
     for name, n in (("single", 1), ("sc", 3)):
         assert [r["samples"] for r in records[name]] == [r["samples"][:n] for r in records["bon"]]
-    assert {p.name for p in tmp_path.iterdir()} == {"single.jsonl", "sc.jsonl", "bon.jsonl", "cot.jsonl"}
+    # one journal per method, named by its configuration: a changed method is a new journal
+    assert {p.name for p in tmp_path.iterdir()} == {f"{m.name}-{m.hash(0)}.jsonl" for m in methods}
 
 
 def test_resume_after_kill_continues_without_duplicates(tmp_path):
@@ -441,6 +442,7 @@ def test_stage_cli_end_to_end(tiny_ckpt, tmp_path, capsys):
     ]}}))
     out = tmp_path / "scaling"
     metrics = stage_main(["--model", str(tiny_ckpt), "--data", str(data), "--out", str(out),
+                          "--state", str(tmp_path / "runs"),
                           "--params", str(params), "--no-progress"])
     assert set(metrics) == {"greedy/1", "sc/1", "sc/3", "best"}
     for name in ("table.md", "table.csv", "frontier.png", "metrics.json", "best.json", "records/sc.jsonl"):
