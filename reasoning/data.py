@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .files import read_json, read_jsonl, sha256_file, write_json, write_jsonl
+from .files import numbered_jsonl, read_json, read_jsonl, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +311,37 @@ def write_dataset(
     return meta
 
 
-def read_dataset(path: str | Path, stage: str = "prepare_data") -> list[dict[str, Any]]:
-    """Rows of a dataset written by `write_dataset`, checked against its metadata's sha256."""
+def rows_with(rows: Iterable[tuple[int, Any]], fields: tuple[str, ...], source: str | Path,
+              skipped: dict[str, int] | None = None, present: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The (line, row) `rows` whose every field of `fields` is present and non-empty (and of `present`,
+    present, empty allowed); each other row is skipped with a warning naming the file, line and
+    field, and counted in `skipped["malformed_rows"]` (the skip-and-count policy of `validate_rows`),
+    so one bad row never stops a run."""
+    kept = []
+    for line, row in rows:
+        if not isinstance(row, dict):
+            row = {}
+        missing = [f for f in fields if row.get(f) is None or row.get(f) == ""]
+        missing += [f for f in present if row.get(f) is None]
+        if missing:
+            log.warning("%s:%d: row skipped: field %s missing or empty (need %s)", source, line,
+                        ", ".join(repr(m) for m in missing), ", ".join(fields))
+            if skipped is not None:
+                skipped["malformed_rows"] = skipped.get("malformed_rows", 0) + 1
+            continue
+        kept.append(row)
+    return kept
+
+
+PROBLEM_FIELDS = ("id", "problem", "answer")  # what every stage that reads problems needs
+
+
+def read_dataset(path: str | Path, stage: str = "prepare_data",
+                 skipped: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Rows of a dataset (one written by `write_dataset` is checked against its metadata's sha256).
+
+    A row without an id, problem or answer is skipped with a warning naming file, line and field,
+    and counted in `skipped` (a stage puts the count in its metrics)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
@@ -326,4 +355,4 @@ def read_dataset(path: str | Path, stage: str = "prepare_data") -> list[dict[str
                 f"{path} does not match the sha256 in {meta_path.name} (edited or half-written); "
                 f"rerun `dvc repro {stage}`"
             )
-    return read_jsonl(path)
+    return rows_with(numbered_jsonl(path), PROBLEM_FIELDS, path, skipped)

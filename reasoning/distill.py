@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import stable_hash
-from .data import normalize_problem
+from .data import normalize_problem, rows_with
 from .generate import SamplingConfig
 from .grading import GRADER_NAME, GRADER_VERSION, grade
 from .prompts import PromptConfig, render
@@ -47,7 +47,7 @@ from .teacher import Teacher, TeacherConfig
 from .tokenizer import THINK_CLOSE, THINK_OPEN, Tokenizer, render_chat
 from .train import Example, TrainConfig
 
-REJECT_REASONS = ("truncated", "unclosed_think", "no_answer", "wrong_answer", "no_thinking", "duplicate",
+REJECT_REASONS = ("context", "truncated", "unclosed_think", "no_answer", "wrong_answer", "no_thinking", "duplicate",
                   "over_quota")
 
 
@@ -163,7 +163,9 @@ def judge(problem: dict[str, Any], samples: Sequence[dict[str, Any]], cfg: Trace
         thinking, content, parse_problem = split_trace(s["text"], s.get("reasoning"))
         verdict = grade(content, str(problem["answer"])) if parse_problem is None else None
         key = " ".join(thinking.split()) + "\x00" + " ".join(content.split())
-        if s["finish_reason"] == "length":
+        if s["finish_reason"] == "context":  # the prompt did not fit the teacher's context
+            reason = "context"
+        elif s["finish_reason"] == "length":
             reason = "truncated"
         elif parse_problem:
             reason = parse_problem
@@ -278,14 +280,21 @@ def sft_example(problem: str, thinking: str, content: str, tok: Tokenizer, cfg: 
     return p + r, [0] * len(p) + [1] * len(r)
 
 
-def build_sft_examples(traces: Sequence[dict[str, Any]], tok: Tokenizer,
-                       cfg: SFTConfig) -> tuple[list[Example], list[Example], dict[str, int]]:
-    """(train examples, validation examples, counts) from verified trace rows.
+TRACE_FIELDS = ("problem_id", "problem", "message_content")  # non-empty; message_thinking present
+
+
+def build_sft_examples(traces: Sequence[dict[str, Any]], tok: Tokenizer, cfg: SFTConfig,
+                       source: str = "traces") -> tuple[list[Example], list[Example], dict[str, int]]:
+    """(train examples, validation examples, counts) from verified trace rows (row i of `traces` is
+    line i of the file `source`, as write_jsonl writes it).
 
     Validation takes every trace of `cfg.val_problems` problems picked by a hash of their id, so
-    no problem is on both sides. Unverified rows are skipped and counted.
+    no problem is on both sides. Unverified rows are skipped and counted; so are rows lacking a
+    field (`TRACE_FIELDS`, or no message_thinking at all), each named by file and line in a warning.
     """
-    verified = [t for t in traces if t.get("verified")]
+    skipped: dict[str, int] = {}
+    rows = [(i, t) for i, t in enumerate(traces, 1) if not isinstance(t, dict) or t.get("verified")]
+    verified = rows_with(rows, TRACE_FIELDS, source, skipped, present=("message_thinking",))
     ids = sorted({t["problem_id"] for t in verified},
                  key=lambda pid: hashlib.sha256(f"{cfg.train.seed}:{pid}".encode()).digest())
     if len(ids) <= cfg.val_problems:
@@ -296,7 +305,8 @@ def build_sft_examples(traces: Sequence[dict[str, Any]], tok: Tokenizer,
     for t in verified:
         ex = sft_example(t["problem"], t["message_thinking"], t["message_content"], tok, cfg)
         (val_ex if t["problem_id"] in val_ids else train_ex).append(ex)
-    counts = {"traces": len(traces), "unverified_skipped": len(traces) - len(verified),
+    counts = {"traces": len(traces), "unverified_skipped": len(traces) - len(rows),
+              "malformed_skipped": skipped.get("malformed_rows", 0),
               "train_examples": len(train_ex), "val_examples": len(val_ex),
               "train_problems": len(ids) - len(val_ids), "val_problems": len(val_ids)}
     return train_ex, val_ex, counts

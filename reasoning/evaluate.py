@@ -94,7 +94,7 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
         outs = generator.generate([prompts[pid] for pid in batch], cfg.sampling,
                                   seeds=[problem_seed(pid, cfg.seed) for pid in batch])
         share = (time.perf_counter() - t0) / len(batch)
-        return {pid: new_record(pid, prompts[pid], golds[pid], c.text, len(c.tokens), c.truncated, share,
+        return {pid: new_record(pid, prompts[pid], golds[pid], c.text, len(c.tokens), c.finish_reason, share,
                                 cfg.hash, cfg.prompt.hash, model_id) for pid, [c] in zip(batch, outs)}
 
     records = run_resumable(ids, done, chunked(todo, cfg.batch_size, work), records_path, progress, "evaluate",
@@ -118,6 +118,8 @@ def metrics_from_records(records: Sequence[Record], wall_time: float | None = No
         **summary,
         "mean_generated_tokens": tokens / n,
         "truncation_rate": sum(bool(r["truncated"]) for r in records) / n,
+        # prompts longer than the context allows: answered with nothing, counted as wrong
+        "context_overflow": sum(r.get("finish_reason") == "context" for r in records),
         "tokens_per_s": tokens / wall if wall > 0 else 0.0,
         "wall_time_s": wall,
         "grader": GRADER_NAME,

@@ -56,6 +56,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file (none when it does not exist); see `numbered_jsonl`."""
+    return (row for _, row in numbered_jsonl(path))
+
+
+def numbered_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, record) of each complete line, so a reader can name the line of a bad record;
+    blank lines are skipped and a torn final line (a killed writer) is ignored."""
     path = Path(path)
     if not path.exists():
         return
@@ -65,7 +72,7 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            yield i + 1, json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1 and not line.endswith("\n"):
                 return  # torn tail from an interrupted append

@@ -61,7 +61,9 @@ class Completion:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
-    finish_reason: str = "length"  # "stop" (stop token or string) or "length" (truncated)
+    # "stop" (stop token or string), "length" (truncated at max_new_tokens) or "context" (the prompt
+    # and max_new_tokens do not fit the model's context: nothing was generated)
+    finish_reason: str = "length"
 
     @property
     def truncated(self) -> bool:
@@ -200,7 +202,8 @@ class Generator:
     def generate(self, prompts: Sequence[Sequence[int] | str], sampling: SamplingConfig = SamplingConfig(),
                  n: int = 1, seeds: Sequence[int] | None = None,
                  stream: StreamFn | None = None) -> list[list[Completion]]:
-        """n completions for each prompt (token ids or text), in prompt order.
+        """n completions for each prompt (token ids or text), in prompt order. A prompt whose tokens and
+        `max_new_tokens` exceed the model's context gets n empty completions with finish_reason "context".
 
         seeds[i] seeds prompt i's samples (default: i); greedy decoding ignores seeds.
         """
@@ -211,7 +214,15 @@ class Generator:
         if len(seeds) != len(ids):
             raise ValueError(f"{len(seeds)} seeds for {len(ids)} prompts")
         out: list[list[Completion]] = [[] for _ in ids]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
+        # A prompt that cannot fit the context is answered "context" (empty), not a stopped run: one
+        # over-long problem must not end an evaluation of hundreds.
+        room = self.model.config.max_position_embeddings - sampling.max_new_tokens
+        if room < 1:  # no prompt fits: a setting to fix, not a problem to record
+            raise ValueError(f"max_new_tokens ({sampling.max_new_tokens}) exceeds the model's context of "
+                             f"{self.model.config.max_position_embeddings}; lower it")
+        for i in (i for i, p in enumerate(ids) if len(p) > room):
+            out[i] = [Completion(finish_reason="context") for _ in range(n)]
+        order = sorted((i for i, p in enumerate(ids) if len(p) <= room), key=lambda i: len(ids[i]))
         per_batch = max(1, self.batch_size // n)
         try:
             for start in range(0, len(order), per_batch):

@@ -44,6 +44,7 @@ class Record(TypedDict):
     reason: str  # the grader's reason for its verdict
     generated_tokens: int
     truncated: bool  # the completion hit max_new_tokens
+    finish_reason: str  # "stop", "length" (truncated) or "context" (the prompt did not fit: nothing generated)
     seconds: float  # this record's share of its batch's generation time
     config_hash: str  # what determined the completion (prompt, sampling, seed)
     prompt_hash: str
@@ -66,12 +67,13 @@ def grade_record(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "extracted": verdict.extracted, "correct": bool(verdict), "reason": verdict.reason}
 
 
-def new_record(id: str, prompt: str, gold: str, completion: str, generated_tokens: int, truncated: bool,
+def new_record(id: str, prompt: str, gold: str, completion: str, generated_tokens: int, finish_reason: str,
                seconds: float, config_hash: str, prompt_hash: str, model_id: str) -> Record:
     """A graded `Record`."""
     return grade_record({"id": id, "prompt": prompt, "completion": completion, "gold": gold,
-                         "generated_tokens": generated_tokens, "truncated": truncated, "seconds": seconds,
-                         "config_hash": config_hash, "prompt_hash": prompt_hash, "model_id": model_id})
+                         "generated_tokens": generated_tokens, "truncated": finish_reason == "length",
+                         "finish_reason": finish_reason, "seconds": seconds, "config_hash": config_hash,
+                         "prompt_hash": prompt_hash, "model_id": model_id})
 
 
 def resume_records(path: str | Path, expected: Mapping[str, Mapping[str, Any]], stamp: Mapping[str, str],

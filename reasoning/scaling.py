@@ -293,6 +293,7 @@ def answer_suffix(answer: str) -> str:
 
 def _sample(c: Completion, gold: str, seconds: float) -> dict[str, Any]:
     s = {"completion": c.text, "generated_tokens": len(c.tokens), "truncated": c.truncated,
+         "finish_reason": c.finish_reason,
          "avg_logprob": sum(c.logprobs) / len(c.logprobs) if c.logprobs else None, "seconds": seconds}
     return _graded(s, gold)
 
@@ -506,11 +507,13 @@ def budget_records(records: Sequence[dict[str, Any]], method: MethodConfig, k: i
     for r in records:
         i = select(r, method, k)
         chosen = r["samples"][i] if i is not None else {"completion": "", "extracted": None, "correct": False,
-                                                           "reason": "no-answer", "truncated": False}
+                                                           "reason": "no-answer", "truncated": False,
+                                                           "finish_reason": "stop"}
         tokens, seconds = budget_cost(r, method, k)
         view.append(Record(id=r["id"], prompt=r["prompt"], completion=chosen["completion"], gold=r["gold"],
                            extracted=chosen["extracted"], correct=chosen["correct"], reason=chosen["reason"],
                            generated_tokens=tokens, truncated=chosen["truncated"], seconds=seconds,
+                           finish_reason=chosen.get("finish_reason", "length" if chosen["truncated"] else "stop"),
                            config_hash=r["config_hash"], prompt_hash=r["prompt_hash"], model_id=r["model_id"]))
     return view
 

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise FileNotFoundError(f"{args.traces} not found: it is produced by `dvc repro teacher_traces`")
     ckpt = resolve(str(args.model))
     tok = Tokenizer(ckpt)
-    train_ex, val_ex, counts = build_sft_examples(read_jsonl(args.traces), tok, cfg)
+    train_ex, val_ex, counts = build_sft_examples(read_jsonl(args.traces), tok, cfg, str(args.traces))
     key = {"base": model_id(ckpt), "traces": sha256_file(args.traces), "think": cfg.think, "system": cfg.system,
            "val_problems": cfg.val_problems, "train": run_settings(cfg.train)}
     state = run_dir(args.state, key)

@@ -42,8 +42,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg = stage_config(EvalConfig, "evaluate", args)
         generator = load_generator(args.model, cfg)
         key = {"model": generator.model_id, "data": sha256_file(args.data), "config": cfg.hash}
-        records, metrics = evaluate(generator, read_dataset(args.data), cfg, journal(args.state, key),
-                                    progress=not args.no_progress)
+        skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
+        records, metrics = evaluate(generator, read_dataset(args.data, skipped=skipped), cfg,
+                                    journal(args.state, key), progress=not args.no_progress)
+        if skipped:  # only then: --regrade (records alone) reproduces the metrics of a clean file exactly
+            metrics["skipped_rows"] = skipped["malformed_rows"]
         write_jsonl(records_path, records)
     write_json(args.out / "metrics.json", metrics)
     print(f"{args.out}: accuracy {metrics['accuracy']:.3f} "

@@ -214,11 +214,23 @@ def test_sft_examples_hold_out_whole_problems(tiny_tokenizer_path):
                "message_content": f"\\boxed{{{i}}}", "verified": True} for i in range(10) for _ in range(2)]
     traces.append({**traces[0], "verified": False})
     train, val, counts = build_sft_examples(traces, tok, SFTConfig(val_problems=3))
-    assert counts == {"traces": 21, "unverified_skipped": 1, "train_examples": 14, "val_examples": 6,
-                      "train_problems": 7, "val_problems": 3}
+    assert counts == {"traces": 21, "unverified_skipped": 1, "malformed_skipped": 0, "train_examples": 14,
+                      "val_examples": 6, "train_problems": 7, "val_problems": 3}
     assert not {tuple(t) for t, _ in train} & {tuple(t) for t, _ in val}  # both traces of a problem on one side
     with pytest.raises(ValueError, match="cannot spare 10"):
         build_sft_examples(traces, tok, SFTConfig(val_problems=10))
+
+
+def test_trace_rows_without_a_field_are_skipped_counted_and_named(tiny_tokenizer_path, caplog):
+    tok = Tokenizer(tiny_tokenizer_path)
+    traces = [{"problem_id": f"p{i}", "problem": f"What is {i}?", "message_thinking": f"it is {i}",
+               "message_content": f"\\boxed{{{i}}}", "verified": True} for i in range(6)]
+    del traces[2]["message_thinking"]  # the reproduction: KeyError: 'message_thinking'
+    traces[4]["message_content"] = ""
+    train, val, counts = build_sft_examples(traces, tok, SFTConfig(val_problems=1), "data/traces/traces.jsonl")
+    assert counts["malformed_skipped"] == 2 and len(train) + len(val) == 4
+    assert "data/traces/traces.jsonl:3: row skipped: field 'message_thinking' missing" in caplog.text
+    assert "data/traces/traces.jsonl:5: row skipped: field 'message_content' missing or empty" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------

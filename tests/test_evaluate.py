@@ -276,3 +276,39 @@ def test_stage_help():
     res = subprocess.run([sys.executable, "-m", "stages.evaluate", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0 and "--regrade" in res.stdout and "records.jsonl" in res.stdout
+
+
+def test_a_prompt_longer_than_the_context_is_a_record_not_a_stopped_run(tiny_ckpt):
+    """One over-long problem among normal ones: its record says "context" (wrong, nothing generated),
+    the others are what they would be without it, and the metrics count it."""
+    long = {"id": "long", "problem": "What is " + "1 + " * 400 + "1?", "answer": "401", "solution": "", "level": 1,
+            "subject": "arithmetic"}
+    problems = make_problems(4)
+    cfg = EvalConfig(batch_size=2, sampling=SamplingConfig(max_new_tokens=8), device="cpu", dtype="float32")
+    generator = Generator(load_model(tiny_ckpt), Tokenizer(tiny_ckpt), batch_size=2)
+    assert len(generator.tokenizer.encode(render(long["problem"], cfg.prompt))) + 8 > 512  # the tiny context
+    records, metrics = evaluate(generator, problems[:2] + [long] + problems[2:], cfg, progress=False)
+    [over] = [r for r in records if r["id"] == "long"]
+    assert over["finish_reason"] == "context" and over["completion"] == "" and over["generated_tokens"] == 0
+    assert not over["correct"] and not over["truncated"]
+    assert metrics["context_overflow"] == 1 and metrics["n"] == 5
+    alone, _ = evaluate(generator, problems, cfg, progress=False)
+    assert [r for r in records if r["id"] != "long"] == [
+        {**r, "seconds": s["seconds"]} for r, s in zip(alone, [r for r in records if r["id"] != "long"])]
+    assert all(r["finish_reason"] in ("stop", "length") for r in alone)
+
+
+def test_stage_skips_rows_without_a_field_and_counts_them(tiny_ckpt, tmp_path, caplog):
+    """The reproduction: a JSONL row without `answer` (or `id`) ended the evaluate stage with KeyError."""
+    rows = make_problems(4)
+    del rows[1]["answer"]
+    del rows[2]["id"]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  batch_size: 2\n  device: cpu\n  sampling:\n    max_new_tokens: 4\n")
+    metrics = stage_main(["--model", str(tiny_ckpt), "--data", str(tmp_path / "test.jsonl"), "--out",
+                          str(tmp_path / "eval"), "--state", str(tmp_path / "runs"), "--params", str(params),
+                          "--no-progress"])
+    assert metrics["n"] == 2 and metrics["skipped_rows"] == 2
+    assert f"{tmp_path / 'test.jsonl'}:2: row skipped: field 'answer' missing or empty" in caplog.text
+    assert f"{tmp_path / 'test.jsonl'}:3: row skipped: field 'id' missing or empty" in caplog.text

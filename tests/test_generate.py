@@ -200,6 +200,16 @@ def test_bad_input_is_refused(gen):
         gen.generate([[]])
     with pytest.raises(ValueError, match="exceeds the model's context"):
         gen.generate(["hi"], SamplingConfig(max_new_tokens=10_000))
+
+
+def test_a_prompt_that_cannot_fit_gets_context_completions_not_an_error(gen):
+    """One over-long prompt among others: n empty "context" completions for it, the others unchanged."""
+    long = list(range(1, 60)) * 9  # 531 tokens: over the tiny model's context of 512 with 8 new tokens
+    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0)
+    out = gen.generate([PROMPTS[0], long, PROMPTS[1]], cfg, n=2, seeds=[5, 6, 7])
+    assert [(c.finish_reason, c.tokens, c.text, c.truncated) for c in out[1]] == [("context", [], "", False)] * 2
+    alone = gen.generate([PROMPTS[0], PROMPTS[1]], cfg, n=2, seeds=[5, 7])
+    assert [[c.tokens for c in p] for p in (out[0], out[2])] == [[c.tokens for c in p] for p in alone]
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0)
 

@@ -12,7 +12,7 @@ STAMP = {"config_hash": "cfg1", "model_id": "m1"}
 
 
 def record(pid: str, answer: str = "4", **stamp) -> dict:
-    return new_record(pid, f"prompt {pid}", "4", f"so \\boxed{{{answer}}}", 5, False, 0.1,
+    return new_record(pid, f"prompt {pid}", "4", f"so \\boxed{{{answer}}}", 5, "stop", 0.1,
                       stamp.get("config_hash", "cfg1"), "p", stamp.get("model_id", "m1"))
 
 
