@@ -32,6 +32,7 @@ from prefect.states import Failed
 
 from reasoning.config import load_params
 from reasoning.files import read_json
+from reasoning.hub import is_offline
 from stages.common import params_file
 
 from . import lifecycle, tracking
@@ -42,7 +43,10 @@ FAILURE_LINE = re.compile(r"^ERROR: stage '(?P<stage>[\w-]+)' failed: (?P<messag
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A network failure or timeout anywhere in the cause chain (builtin, requests or httpx classes)."""
+    """A network failure or timeout anywhere in the cause chain (builtin, requests or httpx classes),
+    unless the machine is offline (no name resolution, HF_HUB_OFFLINE=1): retrying cannot fix that."""
+    if is_offline(exc):
+        return False
     e: BaseException | None = exc
     while e is not None:
         if any("Connection" in c.__name__ or "Timeout" in c.__name__ for c in type(e).__mro__):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import numbered_jsonl, read_json, read_jsonl, sha256_file, write_json, write_jsonl
+from .hub import HubError
 
 log = logging.getLogger(__name__)
 
@@ -212,34 +213,39 @@ def _load_local(path: Path) -> list[Any]:
     raise DataSourceError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl or .parquet")
 
 
-def _load_hub(repo: str, split: str, revision: str | None) -> list[dict[str, Any]]:
+class HubDataSourceError(HubError, DataSourceError):
+    """A Hub dataset could not be downloaded (a DataSourceError in the shape of every Hub failure)."""
+
+
+def _load_hub(repo: str, split: str, revision: str | None, setting: str) -> list[dict[str, Any]]:
     import datasets
 
     try:
         ds = datasets.load_dataset(repo, split=split, revision=revision)
     except ConnectionError as e:  # datasets raises this both offline and with HF_HUB_OFFLINE=1
-        raise DataSourceError(
-            f"cannot reach the Hugging Face Hub to download {repo} "
-            f"(split {split!r}, revision {revision!r}): {e}. Either connect to the Hub, or download "
-            f"the rows once elsewhere (e.g. datasets.load_dataset({repo!r}, split={split!r}, "
-            f"revision={revision!r}).to_json('{repo.split('/')[-1]}.jsonl')) and pass that local "
-            f".jsonl/.json/.parquet path as the source instead of hf:{repo}"
-        ) from e
+        local = repo.split("/")[-1]
+        pin = f" --revision {revision}" if revision else ""
+        raise HubDataSourceError(
+            f"dataset {repo} (split {split!r}, revision {revision!r})", setting,
+            f"{local}/<the {split} split's .jsonl, .json or .parquet file>",
+            f"hf download {repo} --repo-type dataset{pin} --local-dir {local}", e) from e
     return ds.to_list()
 
 
 def load_dataset_source(
-    source: str, split: str, revision: str | None = None, limit: int | None = None
+    source: str, split: str, revision: str | None = None, limit: int | None = None,
+    setting: str = "the dataset source",
 ) -> list[Any]:
     """Raw rows from `hf:<repo>` (split and revision pinned) or a local .json/.jsonl/.parquet path.
 
     `split` and `revision` apply to Hub sources only. `limit` keeps the first rows, for smoke
-    runs. Any failure to read the source raises `DataSourceError` with the fix in its message.
+    runs. Any failure to read the source raises `DataSourceError` with the fix in its message; a
+    failed download names `setting` (e.g. "prepare_data.test.source") and the local file to put there.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of rows or None, got {limit}")
     if source.startswith("hf:"):
-        rows = _load_hub(source[3:], split, revision)
+        rows = _load_hub(source[3:], split, revision, setting)
     else:
         rows = _load_local(Path(source))
     return rows[:limit] if limit is not None else rows

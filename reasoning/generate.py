@@ -327,12 +327,13 @@ class GenerationSettings(Protocol):
     batch_size: int
 
 
-def load_generator(source: str | Path, settings: GenerationSettings) -> Generator:
+def load_generator(source: str | Path, settings: GenerationSettings, setting: str = "--model") -> Generator:
     """A `Generator` for the checkpoint `source` (a directory or hf:<repo>[@<revision>]) on the
     settings' device and dtype, with its tokenizer and its `model_id` (the weights' content hash).
 
-    The one way every stage and engine teacher loads a model to generate with."""
-    ckpt = resolve(str(source))
+    The one way every stage and engine teacher loads a model to generate with; `setting` names where
+    `source` came from, for the message of a failed download."""
+    ckpt = resolve(str(source), setting=setting)
     device, dtype = resolve_device(settings.device, settings.dtype)
     return Generator(load_model(ckpt, dtype, device), Tokenizer(ckpt), compile=settings.compile,
                      batch_size=settings.batch_size, model_id=model_id(ckpt))

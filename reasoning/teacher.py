@@ -25,6 +25,7 @@ from .data import normalize_problem
 from .endpoint import ChatClient, EndpointConfig
 from .files import read_json, read_jsonl, sha256_file
 from .generate import Generator, SamplingConfig, load_generator
+from .hub import HubError
 from .prompts import COT_SUFFIX, PromptConfig, render
 
 
@@ -127,8 +128,16 @@ def _trace_file(source: str, revision: str) -> Path:
         raise FileNotFoundError(f"trace file {source!r} not found; give a local path or "
                                 "hf:<owner>/<dataset>/<file>")
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    return Path(hf_hub_download("/".join(parts[:2]), parts[2], repo_type="dataset", revision=revision or None))
+    repo, name = "/".join(parts[:2]), parts[2]
+    try:
+        return Path(hf_hub_download(repo, name, repo_type="dataset", revision=revision or None))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        pin = f" --revision {revision}" if revision else ""
+        local = repo.split("/")[-1]
+        raise HubError(f"trace file {name} of dataset {repo}", "teacher_traces.teacher.model", f"{local}/{name}",
+                       f"hf download {repo} {name} --repo-type dataset{pin} --local-dir {local}", e) from e
 
 
 def load_teacher(cfg: TeacherConfig, sampling: SamplingConfig) -> Teacher:
@@ -141,6 +150,6 @@ def load_teacher(cfg: TeacherConfig, sampling: SamplingConfig) -> Teacher:
         rows = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
         info = {"kind": "file", "id": cfg.model, "revision": sha256_file(path)[:16]}
         return FileTeacher(rows, info)
-    generator = load_generator(cfg.model, cfg)
+    generator = load_generator(cfg.model, cfg, "teacher_traces.teacher.model")
     info = {"kind": "engine", "id": cfg.model, "revision": cfg.revision or generator.model_id}
     return EngineTeacher(generator, cfg.prompt, sampling, info)

@@ -22,13 +22,10 @@ from safetensors.torch import save_file
 
 from .config import stable_hash
 from .files import sha256_file
+from .hub import HubError
 from .model import ModelConfig, Qwen3
 
 HF_PREFIX = "model."
-SOURCE_HELP = (
-    "pass a local checkpoint directory instead (config.json + *.safetensors + tokenizer.json, "
-    "e.g. one downloaded elsewhere with `huggingface-cli download Qwen/Qwen3-0.6B --local-dir DIR`)"
-)
 
 
 class CheckpointError(ValueError):
@@ -46,9 +43,13 @@ def parse_source(source: str) -> tuple[str, str | None]:
     return repo, rev or None
 
 
-def resolve(source: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
+def resolve(source: str, revision: str | None = None, cache_dir: str | None = None,
+            setting: str = "the model source") -> Path:
     """A local checkpoint directory for `source`: a path as is, or a hub id (`hf:` prefix optional)
-    downloaded through huggingface_hub's cache. Set HF_HUB_OFFLINE=1 to use only the cache."""
+    downloaded through huggingface_hub's cache. Set HF_HUB_OFFLINE=1 to use only the cache.
+
+    A failed download raises `hub.HubError` naming `setting` (e.g. "load_base.source") and the local
+    directory to put there, with the `hf download` command that makes it."""
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -66,10 +67,10 @@ def resolve(source: str, revision: str | None = None, cache_dir: str | None = No
             allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.txt"],
         ))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        raise CheckpointError(
-            f"could not fetch {repo}@{revision or rev or 'main'} from the Hugging Face hub "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {SOURCE_HELP}"
-        ) from e
+        local = repo.split("/")[-1]
+        pin = f" --revision {revision or rev}" if revision or rev else ""
+        raise HubError(f"checkpoint {repo}@{revision or rev or 'main'}", setting, local,
+                       f"hf download {repo}{pin} --local-dir {local}", e) from e
 
 
 def _weight_files(ckpt: Path) -> list[Path]:

@@ -35,7 +35,7 @@ class LoadBaseConfig:
 
 def _load_and_resave(cfg: LoadBaseConfig, out: Path) -> dict:
     t0 = time.perf_counter()
-    ckpt = resolve(cfg.source)
+    ckpt = resolve(cfg.source, setting="load_base.source")
     hf_cfg = json.loads((ckpt / "config.json").read_text())
     dtype_name = (hf_cfg.get("torch_dtype") or hf_cfg.get("dtype") or "float32") if cfg.dtype == "auto" else cfg.dtype
     _, dtype = resolve_device("cpu", dtype_name)

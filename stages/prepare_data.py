@@ -46,8 +46,8 @@ class PrepareConfig:
             raise ValueError(f"prepare_data.world {self.world!r} is unknown; use 'toy' or 'sources'")
 
 
-def _load(src: Source) -> tuple[list[dict], dict[str, int]]:
-    rows = data.load_dataset_source(src.source, src.split, src.revision, src.limit)
+def _load(src: Source, setting: str) -> tuple[list[dict], dict[str, int]]:
+    rows = data.load_dataset_source(src.source, src.split, src.revision, src.limit, setting)
     return data.validate_rows(rows, src.source)
 
 
@@ -63,8 +63,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         meta_test = data.write_dataset(test[:limit], out / "test.jsonl", src, {"split": "test"})
         dropped = 0
     else:
-        test, skipped_test = _load(cfg.test)
-        train, skipped_train = _load(cfg.train)
+        test, skipped_test = _load(cfg.test, "prepare_data.test.source")
+        train, skipped_train = _load(cfg.train, "prepare_data.train.source")
         train, dropped = data.remove_overlap(train, test)  # MATH train and MATH-500 share their origin
         test = test[:limit]  # after the overlap check: training never holds a test problem, trial or not
         meta_test = data.write_dataset(test, out / "test.jsonl", cfg.test.source,

@@ -163,22 +163,48 @@ def test_load_local_errors_name_the_problem(tmp_path):
         load_dataset_source(str(tmp_path / "obj.json"), split="test", limit=0)
 
 
-def test_offline_hub_gives_clear_error(tmp_path):
+OFFLINE_SCRIPT = """
+from reasoning.data import DataSourceError, load_dataset_source
+from reasoning.hub import HubError
+from reasoning.teacher import TeacherConfig, load_teacher
+from reasoning.generate import SamplingConfig
+from reasoning.weights import resolve
+from flows.stage import is_transient
+fetches = [
+    lambda: load_dataset_source({source!r}, {split!r}, {revision!r}, setting="prepare_data.test.source"),
+    lambda: resolve("hf:Qwen/Qwen3-0.6B-Base", setting="load_base.source"),
+    lambda: load_teacher(TeacherConfig(kind="file", model="hf:someone/traces/traces.json"), SamplingConfig()),
+]
+for fetch in fetches:
+    try:
+        fetch()
+    except HubError as e:
+        print("ERROR:", type(e).__name__, isinstance(e, DataSourceError), e.offline, is_transient(e), e)
+"""
+
+
+def test_offline_hub_gives_one_clear_error_shape_and_no_retry(tmp_path):
+    """Every place that downloads fails the same way offline: what, the local alternative for that
+    setting, the download command; and offline is not a transient failure (no retries)."""
     # A fresh interpreter: the hub reads HF_HUB_OFFLINE at import time. An empty HF_HOME makes
-    # sure no cached copy of the dataset answers instead.
-    script = textwrap.dedent(f"""
-        from reasoning.data import DataSourceError, load_dataset_source
-        try:
-            load_dataset_source({MATH500_SOURCE!r}, {MATH500_SPLIT!r}, {MATH500_REVISION!r})
-        except DataSourceError as e:
-            print("ERROR:", e)
-    """)
+    # sure no cached copy answers instead.
+    script = OFFLINE_SCRIPT.format(source=MATH500_SOURCE, split=MATH500_SPLIT, revision=MATH500_REVISION)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    msg = out.stdout
-    assert "ERROR: cannot reach the Hugging Face Hub to download HuggingFaceH4/MATH-500" in msg
-    assert MATH500_REVISION in msg and "local .jsonl/.json/.parquet path" in msg
+    data, model, traces = out.stdout.strip().splitlines()
+    assert data.startswith("ERROR: HubDataSourceError True True False could not fetch dataset "
+                           "HuggingFaceH4/MATH-500 (split 'test', revision")
+    assert "the Hub is not reachable from here (offline)" in data and "set prepare_data.test.source: MATH-500/" in data
+    assert f"hf download HuggingFaceH4/MATH-500 --repo-type dataset --revision {MATH500_REVISION} " \
+           "--local-dir MATH-500`" in data
+    assert model.startswith("ERROR: HubError False True False could not fetch checkpoint Qwen/Qwen3-0.6B-Base@main")
+    assert "set load_base.source: Qwen3-0.6B-Base," in model
+    assert "`hf download Qwen/Qwen3-0.6B-Base --local-dir Qwen3-0.6B-Base`" in model
+    assert traces.startswith("ERROR: HubError False True False could not fetch trace file traces.json of dataset "
+                             "someone/traces")
+    assert "set teacher_traces.teacher.model: traces/traces.json" in traces
+    assert "`hf download someone/traces traces.json --repo-type dataset --local-dir traces`" in traces
 
 
 # ---------------------------------------------------------------------------------------------

@@ -153,10 +153,12 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path, tiny_tokenizer_path):
 
 
 def test_hub_unreachable_names_the_local_alternative(monkeypatch, tmp_path):
+    from reasoning.hub import HubError
     from reasoning.weights import resolve
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="local checkpoint directory"):
-        resolve("hf:Qwen/Qwen3-0.6B", cache_dir=str(tmp_path))
+    with pytest.raises(HubError, match="set load_base.source: Qwen3-0.6B, after downloading it .* with "
+                                       "`hf download Qwen/Qwen3-0.6B --local-dir Qwen3-0.6B`"):
+        resolve("hf:Qwen/Qwen3-0.6B", cache_dir=str(tmp_path), setting="load_base.source")
 
 
 def test_presets_param_counts():
