@@ -71,7 +71,7 @@ class TracesConfig:
             raise ValueError("teacher_traces needs n >= 1, keep_per_problem >= 0 and contamination_ngram >= 0")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"teacher_traces.limit must be a number of problems >= 1 or null, not {self.limit}")
-        if self.n > 1 and self.sampling.temperature == 0:
+        if self.n > 1 and self.sampling.greedy:
             raise ValueError("n > 1 samples at temperature 0 are all identical; raise sampling.temperature")
         if self.teacher.kind == "endpoint" and self.sampling.top_k:
             raise ValueError("top_k is not part of the OpenAI chat API; set sampling.top_k: 0 for an endpoint "

@@ -24,6 +24,7 @@ Design choices:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,18 +43,45 @@ from .tokenizer import Tokenizer
 from .weights import load_model, model_id, resolve
 
 
+GREEDY_BELOW = 1e-5
+"""Temperatures in (0, GREEDY_BELOW) decode greedily, as their limit T -> 0 does. Dividing the logits
+by such a T would overflow fp32 (T <= ~1e-38: inf - inf = NaN, and every row took the last id) or,
+above that, differ from argmax only between logits within ~T of each other: rounding noise."""
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
+    temperature: float = 0.0  # 0 (or below GREEDY_BELOW): greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     stop_strings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
-            raise ValueError(f"invalid sampling settings {self}: need temperature >= 0, 0 < top_p <= 1, "
-                             "top_k >= 0, max_new_tokens >= 1")
+        def is_int(x: object) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def is_real(x: object) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+        problems = [msg for bad, msg in [
+            (not is_int(self.max_new_tokens) or self.max_new_tokens < 1,
+             f"max_new_tokens must be an integer >= 1, not {self.max_new_tokens!r}"),
+            (not is_real(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0,
+             f"temperature must be a finite number >= 0 (0: greedy), not {self.temperature!r}"),
+            (not is_int(self.top_k) or self.top_k < 0, f"top_k must be an integer >= 0 (0: off), not {self.top_k!r}"),
+            (not is_real(self.top_p) or not 0 < self.top_p <= 1,
+             f"top_p must lie in (0, 1] (1: off), not {self.top_p!r}"),
+            (isinstance(self.stop_strings, str) or not all(isinstance(x, str) and x for x in self.stop_strings),
+             f"stop_strings must be a sequence of non-empty strings, not {self.stop_strings!r}"),
+        ] if bad]
+        if problems:
+            raise ValueError(f"invalid sampling settings: {'; '.join(problems)}")
+
+    @property
+    def greedy(self) -> bool:
+        """Argmax decoding: temperature 0, or below GREEDY_BELOW (its limit)."""
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass
@@ -83,7 +111,7 @@ def sample_rows(logits: Tensor, cfg: SamplingConfig, generators: Sequence[torch.
     top_k keeps k of them; top_p alone takes the NUCLEUS_PREFIX best, which hold the nucleus
     whenever their mass reaches top_p (exact), and sorts the full vocabulary only otherwise.
     """
-    if cfg.temperature == 0:
+    if cfg.greedy:
         return logits.argmax(-1)
     # one uniform in (0, 1] per row: inverse-CDF sampling then never picks a zero-probability token
     u = 1 - torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])

@@ -48,14 +48,14 @@ from torch import Tensor
 
 from .checkpoint import Dist, StepLog, resume, run_settings, save_checkpoint, training_setup
 from .config import stable_hash
-from .generate import Completion, Generator, SamplingConfig
+from .generate import GREEDY_BELOW, Completion, Generator, SamplingConfig
 from .grading import grade
 from .metrics import compare_records
 from .model import Qwen3
 from .prompts import PromptConfig, render
 from .seeds import sample_seed
 from .tokenizer import Tokenizer
-from .train import Example, LogFn, TrainConfig, adamw, collate, lr_at
+from .train import Example, LogFn, NonFiniteError, TrainConfig, adamw, check_finite, collate, lr_at
 
 RewardFn = Callable[[str, str], float]  # (completion text, gold answer) -> reward
 EvalFn = Callable[[Qwen3], dict[str, float]]  # model -> metrics with "accuracy"
@@ -73,7 +73,7 @@ class GRPOConfig:
     max_new_tokens: int = 256
     """Completion budget; a completion that reaches it is truncated."""
     temperature: float = 1.0
-    """Sampling temperature (> 0); the loss scores the same tempered distribution."""
+    """Sampling temperature (>= generate.GREEDY_BELOW, 1e-5); the loss scores the same tempered distribution."""
     top_p: float = 1.0
     """Nucleus sampling (Holtzman et al. 2020); 1: off."""
     stop_strings: tuple[str, ...] = ()
@@ -175,7 +175,8 @@ class GRPOConfig:
         problems += [msg for bad, msg in [
             (self.num_generations < 2, "num_generations must be >= 2: advantages compare samples of a group"),
             (self.prompts_per_step < 1, "prompts_per_step must be >= 1"),
-            (self.temperature <= 0, "temperature must be > 0: GRPO needs sampled, varied completions"),
+            (not self.temperature >= GREEDY_BELOW,
+             f"temperature must be >= {GREEDY_BELOW:g}: GRPO needs sampled, varied completions"),
             (self.reward_weights and len(self.reward_weights) != len(self.reward_funcs),
              f"reward_weights has {len(self.reward_weights)} entries for {len(self.reward_funcs)} "
              "reward_funcs"),
@@ -502,6 +503,7 @@ def grpo_step(model: Qwen3, ref_model: Qwen3 | None, generator: Generator, strea
     t_rollout = time.perf_counter() - t0  # sampling and rewards
 
     all_rewards = torch.cat([g.rewards for g in sampled])  # (N, K)
+    check_rewards(all_rewards, list(reward_fns), step)
     combined = all_rewards @ weights
     lengths = [n for g in sampled for n in g.lengths]
     metrics = {
@@ -539,6 +541,23 @@ def grpo_step(model: Qwen3, ref_model: Qwen3 | None, generator: Generator, strea
     return metrics
 
 
+def check_rewards(rewards: Tensor, names: Sequence[str], step: int) -> None:
+    """NonFiniteError when a reward function returned NaN or infinity for some of the (N, K)
+    `rewards` (one column per function in `names`): it would turn every weight into NaN."""
+    problems = []
+    for k, name in enumerate(names):
+        column = rewards[:, k]
+        bad = ~torch.isfinite(column)
+        if bool(bad.any()):
+            values = "/".join(sorted({str(v) for v in column[bad].tolist()}))
+            problems.append(f"reward function {name!r} returned {values} for {int(bad.sum())} of "
+                            f"{len(column)} completions")
+    if problems:
+        raise NonFiniteError(f"step {step + 1}: {'; '.join(problems)}; stopped before the update. Make the "
+                             "reward function return a finite number for every completion (e.g. 0 for an "
+                             "unparsable one)")
+
+
 def _update(model: Qwen3, ref_model: Qwen3 | None, optimizer: torch.optim.Optimizer, batches: list[tuple],
             units: float, step: int, cfg: GRPOConfig, comm: Dist, autocast: Any) -> dict[str, float]:
     """`num_iterations` optimizer steps on this rank's micro-batches; pooled (global) sums of the stats."""
@@ -552,6 +571,7 @@ def _update(model: Qwen3, ref_model: Qwen3 | None, optimizer: torch.optim.Optimi
     local = dict.fromkeys(keys, 0.0)
     grad_norm = 0.0
     for it in range(n_iter):
+        loss_before = local["loss"]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step * n_iter + it, cfg.optim, cfg.max_steps * n_iter)
         for j, (inputs, targets, mask, adv) in enumerate(batches):
@@ -567,7 +587,10 @@ def _update(model: Qwen3, ref_model: Qwen3 | None, optimizer: torch.optim.Optimi
             for k, v in stats.items():
                 local[k] += v
         _sync_grads(params, comm)
-        grad_norm += torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")).item()
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")).item()
+        check_finite(step + 1 if n_iter == 1 else f"{step + 1} (iteration {it + 1} of {n_iter})",
+                     {"loss": local["loss"] - loss_before, "gradient norm": norm})
+        grad_norm += norm
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()

@@ -78,11 +78,14 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
-        """Read the fields we model from a Hugging Face `config.json`; refuse other architectures."""
+        """Read the fields we model from a Hugging Face `config.json`; refuse other architectures.
+
+        A key the file leaves out reads as transformers' `Qwen3Config` default (HF_DEFAULTS), not
+        as this dataclass's default: the same file must mean the same model here and there."""
         if hf.get("model_type") not in (None, "qwen3"):
             raise ValueError(f"model_type {hf.get('model_type')!r} is not supported: this engine implements Qwen3")
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in hf.items() if k in names}
+        kwargs = {k: v for k, v in hf.items() if k in names and v is not None}
         # transformers >= 5 writes rope settings as `rope_parameters`; older files use `rope_theta`
         # and `rope_scaling`. Only plain RoPE is implemented: refuse scaled variants loudly.
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
@@ -90,13 +93,25 @@ class ModelConfig:
             raise ValueError(f"RoPE scaling {rope} is not supported by this engine")
         if "rope_theta" in rope:
             kwargs.setdefault("rope_theta", rope["rope_theta"])
-        if "head_dim" not in kwargs:  # older configs leave it implicit
-            kwargs["head_dim"] = hf["hidden_size"] // hf["num_attention_heads"]
-        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-        missing = names - kwargs.keys() - optional
+        if hf.get("num_key_value_heads", 0) is None:  # Qwen3Config: None means one K/V head per query head
+            kwargs["num_key_value_heads"] = hf.get("num_attention_heads")
+        missing = names - kwargs.keys() - HF_DEFAULTS.keys()
         if missing:
             raise ValueError(f"config.json lacks {sorted(missing)}; is this a Qwen3 checkpoint?")
-        return cls(**kwargs)
+        return cls(**{**HF_DEFAULTS, **kwargs})
+
+
+# transformers' `Qwen3Config` defaults (4.51 to 5.x) for the keys a config.json may leave out. They
+# differ from the dataclass defaults above (Qwen3-0.6B's values, which the presets use): an absent
+# `tie_word_embeddings` means untied, `rope_theta` 10,000, `head_dim` 128 (not hidden / heads).
+HF_DEFAULTS: dict[str, Any] = {
+    "num_key_value_heads": 32,
+    "head_dim": 128,
+    "rope_theta": 10_000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 32_768,
+}
 
 
 # Named presets (the released Qwen3 dense shapes) and small shapes for tests and the toy world.

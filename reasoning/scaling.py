@@ -99,9 +99,9 @@ class MethodConfig:
         if self.aggregate in ("single", "refine") and self.n != 1:
             raise ValueError(f"{where}: aggregate {self.aggregate!r} uses one sample (n: 1); "
                              "use majority or best_of_n for n > 1")
-        if self.n > 1 and self.sampling.temperature == 0:
+        if self.n > 1 and self.sampling.greedy:
             raise ValueError(f"{where}: n = {self.n} greedy samples are all the same; "
-                             "set sampling.temperature > 0")
+                             "set sampling.temperature > 0 (1e-5 or more: below that decoding is greedy)")
         if self.aggregate == "refine":
             if self.refine_iters < 1:
                 raise ValueError(f"{where}: refine needs refine_iters >= 1")
@@ -554,7 +554,7 @@ def grid_metrics(methods: Sequence[MethodConfig], records: dict[str, list[dict[s
 def describe(method: MethodConfig, k: int) -> str:
     """A row label in the book's style, e.g. 'Self-consistency (n=5) + "Top-p" + "CoT"'."""
     s = method.sampling
-    decoding = ("Greedy" if s.temperature == 0 else '"Top-p"' if s.top_p < 1
+    decoding = ("Greedy" if s.greedy else '"Top-p"' if s.top_p < 1
                 else f"Temperature {s.temperature:g}")
     cot = ' + "CoT"' if method.prompt.cot_suffix or method.prompt.think else ""
     if method.aggregate == "majority" and k > 1:

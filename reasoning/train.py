@@ -94,6 +94,24 @@ class TrainConfig:
             raise ValueError(f"invalid TrainConfig: {'; '.join(problems)}")
 
 
+class NonFiniteError(FloatingPointError):
+    """A NaN or infinite loss, gradient norm or reward: training stops before the update applies it."""
+
+
+NON_FINITE_HINT = ("At the first step this means non-finite weights or inputs (load_model refuses non-finite "
+                   "weights); later, divergence: lower lr, set grad_clip, or train in float32.")
+
+
+def check_finite(step: int | str, values: dict[str, float]) -> None:
+    """Raise NonFiniteError naming `step` (as logged, from 1) and each non-finite value of `values`
+    (e.g. {"loss": ..., "gradient norm": ...}); call it before `optimizer.step()`, so that NaN never
+    reaches the weights, the checkpoints or a saved model."""
+    bad = [f"the {name} is {value}" for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        raise NonFiniteError(f"step {step}: {' and '.join(bad)}; stopped before the optimizer step applied it "
+                             f"(the last checkpoint is intact). {NON_FINITE_HINT}")
+
+
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine to min_lr_ratio * lr."""
     if step < cfg.warmup_steps:
@@ -281,6 +299,7 @@ def _loop(model: Qwen3, examples: list[Example], val: list[Example], cfg: TrainC
             loss_sum += part.item()
         [loss_sum] = comm.sum([loss_sum], device)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")).item()
+        check_finite(step + 1, {"loss": loss_sum / n_targets, "gradient norm": grad_norm})
         lr = lr_at(step, cfg, total_steps)
         for group in opt.param_groups:
             group["lr"] = lr

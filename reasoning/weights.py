@@ -105,9 +105,22 @@ def read_config(ckpt: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path} is not a valid Qwen3 config: {e}") from None
 
 
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """'name: n nan/inf of m' for each floating tensor of `state` holding NaN or infinity (one
+    `isfinite().all()` per tensor; the count only for the bad ones)."""
+    bad = []
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            kinds = "/".join(k for k, hit in (("nan", t.isnan().any()), ("inf", t.isinf().any())) if hit)
+            bad.append(f"{name}: {n} non-finite ({kinds}) of {t.numel()}")
+    return bad
+
+
 def load_model(ckpt: str | Path, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> Qwen3:
-    """Load a Qwen3 checkpoint directory with an exact key and shape check."""
+    """Load a Qwen3 checkpoint directory with an exact key and shape check; CheckpointError (naming
+    the tensors) when a weight is NaN or infinite."""
     ckpt = Path(ckpt)
     cfg = read_config(ckpt)
     with torch.device("meta"):
@@ -132,6 +145,11 @@ def load_model(ckpt: str | Path, dtype: torch.dtype = torch.float32,
             f"{ckpt} does not match its config.json: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, shape mismatches {bad_shapes[:5]}"
         )
+    bad = non_finite(state)
+    if bad:
+        raise CheckpointError(
+            f"{ckpt} holds non-finite weights ({'; '.join(bad[:5])}{'; ...' if len(bad) > 5 else ''}): the file is "
+            "corrupt or was saved from a diverged run; re-download it or use an earlier checkpoint")
     ours = {k.removeprefix(HF_PREFIX): v.to(device=device, dtype=dtype) for k, v in state.items()}
     if cfg.tie_word_embeddings:
         ours["lm_head.weight"] = ours["embed_tokens.weight"]
@@ -143,13 +161,18 @@ def load_model(ckpt: str | Path, dtype: torch.dtype = torch.float32,
 
 def save_model(model: Qwen3, out_dir: str | Path, tokenizer_path: str | Path | None = None,
                dtype: torch.dtype | None = None, max_shard_bytes: int = 4 << 30) -> Path:
-    """Save as a Hugging Face checkpoint (atomic: written to a temp dir, then renamed into place)."""
+    """Save as a Hugging Face checkpoint (atomic: written to a temp dir, then renamed into place).
+    Refuses (ValueError naming the tensors) a model holding NaN or infinite weights."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     state = {hf_key(k): v.detach().to(dtype or v.dtype).contiguous().cpu()
              for k, v in model.state_dict().items()
              if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
+    bad = non_finite(state)
+    if bad:
+        raise ValueError(f"refusing to save {out_dir}: non-finite weights ({'; '.join(bad[:5])}"
+                         f"{'; ...' if len(bad) > 5 else ''}); the model diverged or was loaded from a bad file")
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         shards: list[dict[str, torch.Tensor]] = [{}]

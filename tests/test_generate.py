@@ -234,3 +234,30 @@ def test_cli_prints_completion_and_speed(tiny_ckpt, capsys):
     assert int(speed[5]) == len(tok.encode(prompt)) and float(speed[3]) > 0
     with pytest.raises(SystemExit):
         main(["--help"])
+
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", float("nan")), ("temperature", float("inf")), ("temperature", -0.5),
+    ("top_p", 0.0), ("top_p", 1.5), ("top_p", float("nan")), ("top_k", -1), ("top_k", 2.5),
+    ("max_new_tokens", 0), ("max_new_tokens", 1.5), ("stop_strings", ("",)), ("stop_strings", "\n\n"),
+])
+def test_impossible_sampling_settings_are_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"{field} must"):
+        SamplingConfig(**{field: value})
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 1e-30, 1e-6])
+def test_a_tiny_temperature_decodes_greedily(temperature):
+    """Its limit is argmax; logits / 1e-38 overflowed to inf and every row took the last id."""
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 5
+    gens = [torch.Generator().manual_seed(i) for i in range(6)]
+    cfg = SamplingConfig(temperature=temperature)
+    assert cfg.greedy
+    assert sample_rows(logits, cfg, gens).tolist() == logits.argmax(-1).tolist()
+    assert not SamplingConfig(temperature=1e-3).greedy  # small but real temperatures still sample
+
+
+def test_a_tiny_temperature_generates_the_greedy_tokens(gen):
+    greedy = gen.generate(PROMPTS[:2], SamplingConfig(max_new_tokens=12))
+    tiny = gen.generate(PROMPTS[:2], SamplingConfig(max_new_tokens=12, temperature=1e-38))
+    assert [c.tokens for [c] in tiny] == [c.tokens for [c] in greedy]

@@ -37,6 +37,7 @@ from reasoning.grpo import (
 )
 from reasoning.tokenizer import Tokenizer
 from reasoning.checkpoint import Dist
+from reasoning.train import NonFiniteError
 from reasoning.weights import load_model
 
 EPS = 1e-4  # the std epsilon of the advantages
@@ -405,3 +406,36 @@ def test_two_processes_match_one(tiny_ckpt, tmp_path):
     two_rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["reward_mean"] for r in one] == pytest.approx([r["reward_mean"] for r in two_rows])
     assert [r["groups"] for r in one] == [r["groups"] for r in two_rows]
+
+
+# --- non-finite rewards, losses and gradients (issue 14) ---------------------------------------------
+
+def test_a_nan_reward_stops_the_step_before_any_weight_changes(tiny_ckpt, tmp_path):
+    model, tok = load_model(tiny_ckpt), Tokenizer(tiny_ckpt)
+    cfg = cfg_(**{**TINY, "max_steps": 3})
+    calls = []
+
+    def correct(text: str, gold: str) -> float:  # NaN for 2 of the 16 completions of step 2
+        calls.append(1)
+        return float("nan") if len(calls) in (20, 25) else e_share(text, gold)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteError, match=r"step 2: reward function 'correct' returned nan for 2 of 16 "):
+        train_grpo(model, None, tok, ROWS, cfg, tmp_path / "run", reward_fns={"correct": correct})
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    # and grpo_step alone refuses it without touching the weights
+    model = load_model(tiny_ckpt)
+    gen, stream, opt = Generator(model, tok), PromptStream(ROWS, cfg.seed), make_optimizer(model, cfg)
+    with pytest.raises(NonFiniteError, match=r"step 1: reward function 'bad' returned inf for 16 of 16"):
+        grpo_step(model, None, gen, stream, opt, 0, cfg, {"bad": lambda text, gold: float("inf")})
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_nan_weight_stops_grpo_at_the_loss(tiny_ckpt):
+    model, tok = load_model(tiny_ckpt), Tokenizer(tiny_ckpt)
+    cfg = cfg_(**TINY)
+    gen, stream, opt = Generator(model, tok), PromptStream(ROWS, cfg.seed), make_optimizer(model, cfg)
+    with torch.no_grad():
+        model.norm.weight[0] = float("nan")  # the generation's logits too: rewards stay finite (e_share)
+    with pytest.raises(NonFiniteError, match=r"step 1: the loss is nan and the gradient norm is nan"):
+        grpo_step(model, None, gen, stream, opt, 0, cfg, {"e": e_share})

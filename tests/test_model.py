@@ -164,3 +164,71 @@ def test_hub_unreachable_names_the_local_alternative(monkeypatch, tmp_path):
 def test_presets_param_counts():
     assert abs(PRESETS["qwen3-0.6b"].n_params / 1e6 - 596) < 1  # 0.6B with tied embeddings
     assert sum(p.numel() for p in Qwen3(PRESETS["tiny-untied"]).parameters()) == PRESETS["tiny-untied"].n_params
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json keys left out, and non-finite weights (issue 14)
+
+OPTIONAL_KEYS = ("tie_word_embeddings", "rope_theta", "max_position_embeddings", "rms_norm_eps", "head_dim",
+                 "rope_parameters", "rope_scaling")
+
+
+def test_pruned_config_reads_as_transformers_does(tmp_path):
+    """A config.json without the optional keys means transformers' Qwen3Config defaults (untied,
+    rope_theta 1e4, 32768 positions, head_dim 128), not our dataclass defaults: same fields, same logits."""
+    from reasoning.model import ModelConfig
+    cfg = ModelConfig(320, 64, 2, 4, 2, 128, 128, rope_theta=10_000.0, rms_norm_eps=1e-6,
+                      tie_word_embeddings=False, max_position_embeddings=32_768)
+    model = Qwen3(cfg)
+    model.init_weights(1, std=0.2)
+    ckpt = save_model(model, tmp_path / "pruned")
+    hf = json.loads((ckpt / "config.json").read_text())
+    for key in OPTIONAL_KEYS:
+        hf.pop(key, None)
+    (ckpt / "config.json").write_text(json.dumps(hf))
+
+    assert read_config(ckpt) == cfg
+    ref_cfg = transformers.Qwen3Config.from_pretrained(ckpt)
+    assert (ref_cfg.tie_word_embeddings, ref_cfg.max_position_embeddings, ref_cfg.head_dim) == (False, 32_768, 128)
+    ours, ref = load_model(ckpt), hf_model(ckpt)
+    assert not torch.equal(ours.lm_head.weight, ours.embed_tokens.weight)  # the stored head is used
+    idx = torch.randint(0, 320, (2, 19), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ours(idx), ref(idx).logits
+    assert (a - b).abs().max().item() <= 1e-4 and a.std() > 0.1
+
+
+def test_null_kv_heads_means_one_per_query_head():
+    from reasoning.model import ModelConfig
+    base = {k: v for k, v in PRESETS["tiny"].to_hf().items() if k != "num_key_value_heads"}
+    assert ModelConfig.from_hf({**base, "num_key_value_heads": None}).num_key_value_heads == 4
+    with pytest.raises(ValueError, match="multiple of num_key_value_heads \\(32\\)"):  # absent: Qwen3Config's 32
+        ModelConfig.from_hf(base)
+
+
+def test_save_refuses_non_finite_weights(tmp_path):
+    model = Qwen3(PRESETS["tiny"])
+    model.init_weights(0)
+    with torch.no_grad():
+        model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*nan"):
+        save_model(model, tmp_path / "nan")
+    assert not (tmp_path / "nan").exists()
+
+
+def test_load_refuses_non_finite_weights(tmp_path, tiny_tokenizer_path):
+    """Tensor bytes overwritten in place (the header intact): a clear error naming the tensor,
+    not a model that silently generates token 0."""
+    from safetensors import safe_open
+    ckpt = make_checkpoint(tmp_path / "bad", "tiny", tiny_tokenizer_path)
+    f = ckpt / "model.safetensors"
+    raw = bytearray(f.read_bytes())
+    header = 8 + int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8:header])
+    start, _ = meta["model.norm.weight"]["data_offsets"]
+    raw[header + start: header + start + 200] = b"\xff" * 200  # 50 fp32 NaNs
+    f.write_bytes(bytes(raw))
+    with safe_open(str(f), "pt") as sf:
+        assert not torch.isfinite(sf.get_tensor("model.norm.weight")).all()
+    with pytest.raises(CheckpointError, match=r"model\.norm\.weight.*50 non-finite"):
+        load_model(ckpt)

@@ -228,3 +228,39 @@ def test_float16_is_refused_by_both_loops(tmp_path, loop):
             train(make_model(), make_examples(4), TrainConfig(**{**CFG.__dict__, "dtype": "float16"}), tmp_path)
         else:
             train_grpo(make_model(), None, None, [], GRPOConfig(device="cpu", dtype="float16"), tmp_path)
+
+
+def test_a_nan_weight_stops_training_before_the_update_and_is_never_saved(tmp_path):
+    """SFT from a model holding one NaN weight: an error naming step 1 and the loss, weights and
+    out_dir untouched; save_model refuses the model too."""
+    from reasoning.train import NonFiniteError
+    from reasoning.weights import save_model
+    model = make_model()
+    with torch.no_grad():
+        model.layers[0].self_attn.q_proj.weight[0, 0] = float("nan")
+    before = weights(model)
+    # which of the two shows it first depends on the inputs: CPU SDPA can swallow a NaN query in
+    # the forward, never in the backward
+    with pytest.raises(NonFiniteError, match=r"step 1: the (loss|gradient norm) is nan"):
+        train(model, make_examples(32), CFG, tmp_path / "run")
+    after = weights(model)
+    assert all(torch.equal(before[k].nan_to_num(), after[k].nan_to_num()) for k in before)
+    assert latest_checkpoint(tmp_path / "run") is None
+    with pytest.raises(ValueError, match=r"layers\.0\.self_attn\.q_proj\.weight"):
+        save_model(model, tmp_path / "out")
+
+
+def test_an_infinite_gradient_later_stops_training_at_its_step(tmp_path, monkeypatch):
+    import reasoning.train as train_module
+    real = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def blow_up_at_step_3(params, max_norm):
+        calls.append(1)
+        norm = real(params, max_norm)
+        return torch.tensor(float("inf")) if len(calls) == 3 else norm
+    monkeypatch.setattr(train_module.torch.nn.utils, "clip_grad_norm_", blow_up_at_step_3)
+    model = make_model()
+    with pytest.raises(train_module.NonFiniteError, match=r"step 3: the gradient norm is inf"):
+        train(model, make_examples(64), CFG, tmp_path / "run")
+    assert len(calls) == 3
