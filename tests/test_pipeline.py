@@ -195,6 +195,113 @@ def test_pipeline_limit_cuts_the_test_split_for_a_trial_run(tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------------------------------------
+# The README's `dvc exp run` commands work in both worlds
+
+WORLDS = ("params.yaml", "params/real.yaml")
+
+
+def readme_exp_commands() -> list[list[str]]:
+    """Every `dvc exp run` command of the README's code blocks, as argv (continuation lines joined)."""
+    import shlex
+
+    lines = (ROOT / "README.md").read_text().splitlines()
+    commands, i = [], 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("dvc exp run"):
+            while line.endswith("\\"):
+                i += 1
+                line = line[:-1] + " " + lines[i].strip()
+            commands.append(shlex.split(line))
+        i += 1
+    return commands
+
+
+def set_params(argv: list[str]) -> list[str]:
+    """The `-S`/`--set-param` values of a `dvc exp run` argv."""
+    return [argv[i + 1] for i, a in enumerate(argv) if a in ("-S", "--set-param")]
+
+
+def test_readme_documents_the_chapter_7_experiments():
+    commands = readme_exp_commands()
+    assert len(commands) >= 4 and all(set_params(c) for c in commands)
+    assert sum(c[3:4] == ["grpo"] for c in commands) >= 3
+
+
+def _override_keys(override: str) -> list[str]:
+    """The dotted keys an override `a.b=value` sets: `a.b`, and `a.b.k` for each key of a `{k: v}` value."""
+    key, value = override.split("=", 1)
+    if value.startswith("{"):
+        return [f"{key}.{kv.split(':', 1)[0].strip()}" for kv in value.strip("{}").split(",")]
+    return [key]
+
+
+@pytest.mark.parametrize("params_file", WORLDS)
+def test_every_readme_set_param_key_is_in_the_params(params_file):
+    """DVC (Hydra) refuses `-S` on a key the file does not have ("Key ... is not in struct")."""
+    from flows.tracking import lookup
+
+    params = load_params(ROOT / params_file)
+    missing = []
+    for argv in readme_exp_commands():
+        for key in (k for o in set_params(argv) for k in _override_keys(o)):
+            try:
+                lookup(params, key)
+            except KeyError:
+                missing.append(key)
+    assert not missing, f"{params_file} lacks keys the README's `dvc exp run` commands set: {missing}"
+
+
+@pytest.mark.parametrize("params_file", WORLDS)
+def test_readme_exp_commands_give_params_every_stage_reads(tmp_path, params_file):
+    """Each README command's `-S` values, applied by DVC's own writer, give a file every stage loads."""
+    from dvc.utils.hydra import apply_overrides
+    from flows.pipeline import PipelineConfig
+    from flows.tracking import TrackingConfig
+
+    for n, argv in enumerate(readme_exp_commands()):
+        path = tmp_path / f"params{n}.yaml"
+        shutil.copy(ROOT / params_file, path)
+        apply_overrides(path, set_params(argv))
+        for section, cls in stage_config_classes().items():
+            load_section(cls, section, path)
+        load_section(TrackingConfig, "tracking", path), load_section(PipelineConfig, "pipeline", path)
+
+
+def exp_repo(dest: Path, params_file: str) -> Path:
+    """A git copy of the repository with `params_file` as params.yaml and a placeholder for every file
+    dvc.yaml names (committed to git, so `dvc exp run --dry`, which runs in a clone, finds every dep)."""
+    repo = copy_repo(dest)
+    shutil.copy(ROOT / params_file, repo / "params.yaml")
+    for spec in DVC_STAGES.values():
+        for kind in ("deps", "outs", "metrics", "plots"):
+            for entry in spec.get(kind, []):
+                p = repo / (next(iter(entry)) if isinstance(entry, dict) else entry)
+                if p.exists():
+                    continue
+                if p.suffix:
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    p.write_text("{}" if p.suffix == ".json" else "")
+                else:
+                    (p / "placeholder").parent.mkdir(parents=True, exist_ok=True)
+                    (p / "placeholder").write_text("")
+    git_commit_all(repo)
+    return repo
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("params_file", WORLDS)
+def test_readme_dvc_exp_run_commands_dry_run(tmp_path, params_file):
+    """Every README `dvc exp run` command, with `--dry`, in a git copy of the repository."""
+    repo = exp_repo(tmp_path / "repo", params_file)
+    for argv in readme_exp_commands():
+        cmd = [sys.executable, "-m", "dvc", "exp", "run", "--dry", *argv[3:]]
+        done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "ERROR" not in done.stderr, f"{' '.join(argv)}\n{done.stderr[-2000:]}"
+        assert "Running stage" in done.stdout, done.stdout[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
 # End to end, tiny
 
 
