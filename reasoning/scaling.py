@@ -590,8 +590,8 @@ def load_best(out_dir: str | Path) -> tuple[MethodConfig, list[dict[str, Any]]]:
     return from_dict(MethodConfig, best["config"], f"{path}:config"), records
 
 
-def write_outputs(out_dir: str | Path, methods: Sequence[MethodConfig],
-                  records: dict[str, list[dict[str, Any]]], model: str) -> dict[str, Any]:
+def write_outputs(out_dir: str | Path, methods: Sequence[MethodConfig], records: dict[str, list[dict[str, Any]]],
+                  model: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """records/<method>.jsonl, table.md, table.csv, frontier.png, metrics.json and best.json under
     out_dir; returns the metrics."""
     out = Path(out_dir)
@@ -609,6 +609,7 @@ def write_outputs(out_dir: str | Path, methods: Sequence[MethodConfig],
     # "<method>/<budget>": MLflow metric names allow letters, digits, "_-. /" only
     metrics = {f"{r['method']}/{r['budget']}": {k: r[k] for k in keep} for r in rows}
     metrics["best"] = {k: best[k] for k in ("method", "budget", "accuracy", "ci_low", "ci_high")}
+    metrics.update(extra or {})  # the stage's own counts (e.g. skipped dataset rows)
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -69,3 +69,10 @@ def params_file(argv: Sequence[str]) -> Path:
 def rank0() -> bool:
     """True in a single process and on rank 0 under torchrun: the process that writes outputs."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def skipped_rows(skipped: dict[str, int]) -> dict[str, int]:
+    """`{"skipped_rows": n}` for a stage's metrics when `read_dataset(..., skipped=skipped)` skipped rows
+    (each named with its file, line and field in a warning); {} when none was, so clean runs keep
+    their metrics unchanged."""
+    return {"skipped_rows": skipped["malformed_rows"]} if skipped else {}

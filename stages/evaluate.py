@@ -18,7 +18,7 @@ from reasoning.files import sha256_file, write_json, write_jsonl
 from reasoning.generate import load_generator
 from reasoning.records import journal
 
-from .common import add_run_flags, stage_config, stage_parser
+from .common import add_run_flags, skipped_rows, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -45,8 +45,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
         records, metrics = evaluate(generator, read_dataset(args.data, skipped=skipped), cfg,
                                     journal(args.state, key), progress=not args.no_progress)
-        if skipped:  # only then: --regrade (records alone) reproduces the metrics of a clean file exactly
-            metrics["skipped_rows"] = skipped["malformed_rows"]
+        metrics.update(skipped_rows(skipped))  # only when some were: --regrade reproduces a clean run's metrics
         write_jsonl(records_path, records)
     write_json(args.out / "metrics.json", metrics)
     print(f"{args.out}: accuracy {metrics['accuracy']:.3f} "

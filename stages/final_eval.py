@@ -28,7 +28,7 @@ from reasoning.records import journal
 from reasoning.report import COMPARISON_FIELDS, accuracy_chart, comparison_rows, comparison_table, write_csv
 from reasoning.scaling import describe, load_best
 
-from .common import stage_config, stage_parser
+from .common import skipped_rows, stage_config, stage_parser
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ]).parse_args(argv)
     cfg = stage_config(FinalEvalConfig, "final_eval", args)
     eval_cfg = load_section(EvalConfig, "evaluate", args.params)
-    problems = read_dataset(args.data)[:eval_cfg.limit]
+    skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
+    problems = read_dataset(args.data, skipped=skipped)[:eval_cfg.limit]
     best = scaling_row(cfg.scaling, problems, eval_cfg.limit) if cfg.scaling else None
     results = {}
     for name, path in cfg.models.items():
@@ -101,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     atomic_write_text(args.out / "table.md", table)
     write_csv(args.out / "table.csv", rows, COMPARISON_FIELDS)
     accuracy_chart(rows, args.out / "chart.png")
-    metrics = {"baseline": cfg.baseline, "models": {r.pop("model"): r for r in [dict(r) for r in rows]}}
+    metrics = {"baseline": cfg.baseline, "models": {r.pop("model"): r for r in [dict(r) for r in rows]},
+               **skipped_rows(skipped)}
     write_json(args.out / "metrics.json", metrics)
     print(table)
     return metrics

@@ -28,7 +28,7 @@ from reasoning.grpo import GRPOConfig, run_summary, train_grpo
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model, model_id, resolve, save_model
 
-from .common import rank0, stage_config, stage_parser
+from .common import rank0, skipped_rows, stage_config, stage_parser
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     cfg = stage_config(GRPOStageConfig, "grpo", args)
     ckpt = resolve(str(args.models / cfg.start_from))
-    train_rows, held_out = read_dataset(args.train), read_dataset(args.test)[:cfg.eval.limit]
+    skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
+    train_rows = read_dataset(args.train, skipped=skipped)
+    held_out = read_dataset(args.test, skipped=skipped)[:cfg.eval.limit]
     trained_for = read_json(ckpt / "metadata.json").get("prompt") if (ckpt / "metadata.json").exists() else None
     if trained_for not in (None, dataclasses.asdict(cfg.train.prompt)):
         warnings.warn(f"{ckpt} was trained behind the prompt {trained_for}, GRPO uses {cfg.train.prompt}; set "
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                         last_records)
     write_json(args.curve, curve)
     write_json(args.eval_curve, evals)
-    metrics.update(prompt_hash=cfg.train.prompt.hash, state_dir=str(state))
+    metrics.update(prompt_hash=cfg.train.prompt.hash, state_dir=str(state), **skipped_rows(skipped))
     write_json(args.metrics, metrics)
     if not args.keep_state:
         shutil.rmtree(state)

@@ -21,7 +21,7 @@ from reasoning.files import read_jsonl, sha256_file
 from reasoning.generate import load_generator
 from reasoning.scaling import ScalingConfig, run_grid, write_outputs
 
-from .common import add_run_flags, stage_config, stage_parser
+from .common import add_run_flags, skipped_rows, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      f"it has {[m.name for m in cfg.methods]}")
         cfg = dataclasses.replace(cfg, methods=tuple(m for m in cfg.methods if m.name in args.methods))
     records_dir = args.out / "records"
+    skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
     if args.report:
         missing = [m.name for m in cfg.methods if not (records_dir / f"{m.name}.jsonl").exists()]
         if missing:
@@ -52,14 +53,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         if not args.model or not args.data or not args.state:
             ap.error("--model, --data and --state are required (unless --report)")
-        problems = read_dataset(args.data)[:cfg.limit]
+        problems = read_dataset(args.data, skipped=skipped)[:cfg.limit]
         generator = load_generator(args.model, cfg)
         journals = run_dir(args.state, {"model": generator.model_id, "data": sha256_file(args.data)})
         records = run_grid(generator, problems, cfg.methods, journals, cfg.seed, cfg.batch_size,
                            progress=not args.no_progress)
     # the table's model column: the checkpoint's name, else (--report alone) its weights' hash
     model = (args.model.name or str(args.model)) if args.model else records[cfg.methods[0].name][0]["model_id"]
-    metrics = write_outputs(args.out, cfg.methods, records, model)
+    metrics = write_outputs(args.out, cfg.methods, records, model, skipped_rows(skipped))
     print((args.out / "table.md").read_text())
     best = metrics["best"]
     print(f"best: {best['method']}@{best['budget']} accuracy {best['accuracy']:.3f} "

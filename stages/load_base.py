@@ -21,7 +21,7 @@ from reasoning.files import write_json
 from reasoning.toy.pretrain import ToyBaseConfig, build_base
 from reasoning.weights import load_model, model_id, resolve, save_model
 
-from .common import stage_config, stage_parser
+from .common import skipped_rows, stage_config, stage_parser
 
 PROGRESS_EVERY = 100  # training steps between progress lines
 
@@ -63,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 print(f"step {step}: loss {metrics['loss']:.3f}, {metrics['tokens_per_s']:.0f} tokens/s")
 
     if cfg.source == "toy":
-        metrics, revision = build_base(read_dataset(args.train), args.out, cfg.toy, log=log), None
+        skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
+        metrics, revision = build_base(read_dataset(args.train, skipped=skipped), args.out, cfg.toy, log=log), None
+        metrics.update(skipped_rows(skipped))
     else:
         metrics = _load_and_resave(cfg, args.out)
         revision = metrics.pop("revision")

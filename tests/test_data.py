@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -275,3 +274,20 @@ def test_local_math_source_end_to_end(tmp_path):
     )
     assert (meta["rows"], meta["overlap_dropped"], meta["skipped"]["missing_answer"]) == (2, 1, 1)
     assert [r["answer"] for r in read_dataset(tmp_path / "math_train.jsonl")] == ["2", "\\frac{1}{4}"]
+
+
+def test_read_dataset_skips_counts_and_names_rows_without_a_field(tmp_path, caplog):
+    """Every stage reads problems through read_dataset; skips from several files add up in its metrics."""
+    from stages.common import skipped_rows
+
+    good = {"id": "a", "problem": "What is 1 + 1?", "answer": "2"}
+    (tmp_path / "one.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "b", "answer": ""})
+                                        + "\n\n" + json.dumps({"id": "c", "answer": "3"}) + "\n")
+    (tmp_path / "two.jsonl").write_text(json.dumps({**good, "id": None}) + "\n")
+    skipped: dict[str, int] = {}
+    assert [r["id"] for r in read_dataset(tmp_path / "one.jsonl", skipped=skipped)] == ["a"]
+    assert read_dataset(tmp_path / "two.jsonl", skipped=skipped) == []
+    assert skipped_rows(skipped) == {"skipped_rows": 3} and skipped_rows({}) == {}
+    assert f"{tmp_path / 'one.jsonl'}:2: row skipped: field 'answer' missing or empty" in caplog.text
+    assert f"{tmp_path / 'one.jsonl'}:4: row skipped: field 'problem' missing or empty" in caplog.text  # blank line 3
+    assert f"{tmp_path / 'two.jsonl'}:1: row skipped: field 'id' missing or empty" in caplog.text

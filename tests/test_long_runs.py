@@ -71,8 +71,11 @@ def alive(pids: set[int]) -> set[int]:
 def start(world: Toy, *args: str) -> subprocess.Popen:
     """`python <args>` in the tiny repo, in a session of its own (the group a terminal's Ctrl-C reaches)."""
     log = open(world.repo / "run.log", "w")
+    # SIGINT as a terminal's foreground job has it: a test runner started in the background of a
+    # non-interactive shell (CI, nohup) ignores SIGINT, and its children would inherit that.
     return subprocess.Popen([sys.executable, *args], cwd=world.repo, env=world.env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_records(world: Toy, proc: subprocess.Popen, n: int, timeout: float = 180) -> None:
