@@ -367,12 +367,35 @@ def load_generator(source: str | Path, settings: GenerationSettings, setting: st
                      batch_size=settings.batch_size, model_id=model_id(ckpt))
 
 
+def checkpoint_dtype(ckpt: Path, device: str) -> torch.dtype:
+    """`--dtype auto`: bfloat16 on CUDA; elsewhere the dtype the checkpoint's config.json names
+    (`torch_dtype`, or `dtype` as transformers >= 5 writes it), float32 when it names none we know."""
+    if device.startswith("cuda"):
+        return torch.bfloat16
+    import json
+
+    hf = json.loads((ckpt / "config.json").read_text())
+    name = str(hf.get("torch_dtype") or hf.get("dtype") or "float32").removeprefix("torch.")
+    return DTYPES.get(name, torch.float32)
+
+
+def peak_memory_bytes(device: str) -> int:
+    """The most memory this process has held: CUDA's max allocated on a GPU, else the peak RSS."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated()
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from .prompts import PromptConfig, render
 
     ap = argparse.ArgumentParser(
         prog="python -m reasoning.generate",
-        description="Generate a completion with the from-scratch Qwen3 engine and print its speed.")
+        description="Generate a completion with the from-scratch Qwen3 engine and print its speed (decode "
+                    "time only: one-off set-up such as the matmul-dtype measurement and compilation is "
+                    "reported apart) and the process's peak memory.")
     ap.add_argument("--model", required=True, help="checkpoint directory, or a hub id such as hf:Qwen/Qwen3-0.6B")
     ap.add_argument("--prompt", required=True, help="the prompt text (or the user message with --chat)")
     ap.add_argument("--chat", action="store_true", help="wrap the prompt in the Qwen3 chat template")
@@ -382,7 +405,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+                    help="weights' dtype (auto: bfloat16 on CUDA, else the checkpoint's own)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="compile the decode step with torch.compile")
     ap.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="auto",
@@ -392,17 +416,32 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     ckpt = resolve(args.model)
     tok = Tokenizer(ckpt)
-    model = load_model(ckpt, DTYPES[args.dtype], args.device)
+    dtype = checkpoint_dtype(ckpt, args.device) if args.dtype == "auto" else DTYPES[args.dtype]
+    model = load_model(ckpt, dtype, args.device)
     text = render(args.prompt, PromptConfig(template="chat", think=args.think)) if args.chat else args.prompt
     gen = Generator(model, tok, compile=args.compile, batch_size=1, matmul_dtype=args.matmul_dtype)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+
+    # One-off set-up, timed apart: the matmul-dtype measurement for this prompt's prefill and for
+    # decoding, and (with --compile) the compilation, by a two-token warm-up.
+    t0 = time.perf_counter()
+    if args.matmul_dtype == "auto":
+        fastest_matmul_dtype(model, len(tok.encode(text)))
+        fastest_matmul_dtype(model, 1)
+    if args.compile:
+        gen.generate([text], SamplingConfig(max_new_tokens=2))
+    setup = time.perf_counter() - t0
+
     emitted: list[int] = []
     shown = ""
+
+    def visible() -> str:
+        return tok.decode([x for x in emitted if x not in tok.stop_ids])
 
     def stream(_p: int, _s: int, t: int) -> None:  # print text as it is produced
         nonlocal shown
         emitted.append(t)
-        now = tok.decode([x for x in emitted if x not in tok.stop_ids])
+        now = visible()
         if not now.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             sys.stdout.write(now[len(shown):])
             sys.stdout.flush()
@@ -411,8 +450,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     [[c]] = gen.generate([text], sampling, seeds=[args.seed], stream=stream)
     dt = time.perf_counter() - t0
+    sys.stdout.write(visible()[len(shown):])  # what a cut-off multi-byte character held back
+    sys.stdout.flush()
     print(f"\n\n[{len(c.tokens)} tokens in {dt:.2f}s: {len(c.tokens) / dt:.1f} tok/s, "
-          f"finish={c.finish_reason}, prompt {len(tok.encode(text))} tokens]", file=sys.stderr)
+          f"finish={c.finish_reason}, prompt {len(tok.encode(text))} tokens; set-up {setup:.2f}s apart; "
+          f"peak memory {peak_memory_bytes(args.device) / 2**20:.0f} MiB]", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from reasoning import generate as generate_module
-from reasoning.generate import (NUCLEUS_PREFIX, Generator, SamplingConfig, fastest_matmul_dtype, main,
-                                sample_rows)
+from reasoning.generate import (NUCLEUS_PREFIX, Completion, Generator, SamplingConfig, checkpoint_dtype,
+                                fastest_matmul_dtype, main, sample_rows)
 from reasoning.model import Qwen3
 from reasoning.prompts import PromptConfig, render
 from reasoning.tokenizer import Tokenizer
-from reasoning.weights import load_model
+from reasoning.weights import load_model, save_model
 
 PROMPTS = ["What is 12 + 7?", "Solve 3x + 4 = 10", "Question:\nAnswer:\n\\boxed{42} and more text here"]
 
@@ -223,17 +223,44 @@ def test_cli_prints_completion_and_speed(tiny_ckpt, capsys):
     [[ref]] = Generator(load_model(tiny_ckpt), tok, batch_size=1, matmul_dtype="auto").generate(
         [prompt], SamplingConfig(max_new_tokens=8), seeds=[0])
     assert ref.finish_reason == "stop" or len(ref.tokens) == 8
-    # stdout: the completion as streamed (stop tokens left out; a split multi-byte character waits)
-    texts = [tok.decode([t for t in ref.tokens[:i] if t not in tok.stop_ids])
-             for i in range(len(ref.tokens) + 1)]
-    assert out == next(t for t in reversed(texts) if not t.endswith("\ufffd"))
-    # stderr: the speed line with the completion's token count, finish reason and prompt length
-    speed = re.search(r"\[(\d+) tokens in ([\d.]+)s: ([\d.]+) tok/s, finish=(\w+), prompt (\d+) tokens\]", err)
+    # stdout: the decoded completion, stop tokens left out (a held-back multi-byte tail is flushed at the end)
+    assert out == tok.decode([t for t in ref.tokens if t not in tok.stop_ids])
+    # stderr: the speed line with the completion's token count, finish reason and prompt length, the
+    # one-off set-up timed apart, and the process's peak memory
+    speed = re.search(r"\[(\d+) tokens in ([\d.]+)s: ([\d.]+) tok/s, finish=(\w+), prompt (\d+) tokens; "
+                      r"set-up ([\d.]+)s apart; peak memory (\d+) MiB\]", err)
     assert speed, err
     assert int(speed[1]) == len(ref.tokens) and speed[4] == ref.finish_reason
     assert int(speed[5]) == len(tok.encode(prompt)) and float(speed[3]) > 0
+    assert float(speed[6]) >= 0 and int(speed[7]) > 50  # a Python process with torch holds > 50 MiB
     with pytest.raises(SystemExit):
         main(["--help"])
+
+
+def test_cli_prints_a_cut_multibyte_tail_and_the_checkpoint_dtype(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    """Output ending inside a multi-byte character: the held-back bytes are printed at the end (the
+    printed text is tokenizer.decode of the generated ids). `--dtype auto` keeps a bf16 checkpoint bf16."""
+    tok = Tokenizer(tiny_ckpt)
+    ids = tok.encode("ok é")
+    cut = ids[:-1] if tok.decode(ids[:-1]).endswith("\ufffd") else ids + tok.encode("é")[:1]
+    assert tok.decode(cut).endswith("\ufffd")  # the last token is the first byte of a 2-byte character
+    seen_dtypes = []
+
+    def fake_generate(self, prompts, sampling, n=1, seeds=None, stream=None):
+        seen_dtypes.append(self.model.layers[0].mlp.gate_proj.weight.dtype)
+        for t in cut:
+            stream(0, 0, t)
+        return [[Completion(tokens=list(cut), text=tok.decode(cut), finish_reason="length")]]
+
+    monkeypatch.setattr(Generator, "generate", fake_generate)
+    main(["--model", str(tiny_ckpt), "--prompt", "hi", "--device", "cpu", "--matmul-dtype", "model"])
+    assert capsys.readouterr().out == tok.decode(cut)
+    bf16 = tmp_path / "bf16"
+    save_model(load_model(tiny_ckpt), bf16, tokenizer_path=tiny_ckpt / "tokenizer.json", dtype=torch.bfloat16)
+    assert checkpoint_dtype(bf16, "cpu") == torch.bfloat16 and checkpoint_dtype(tiny_ckpt, "cpu") == torch.float32
+    assert checkpoint_dtype(tiny_ckpt, "cuda") == torch.bfloat16
+    main(["--model", str(bf16), "--prompt", "hi", "--device", "cpu", "--matmul-dtype", "model"])
+    assert seen_dtypes == [torch.float32, torch.bfloat16]
 
 
 @pytest.mark.parametrize("field, value", [
