@@ -33,8 +33,9 @@ from .files import read_jsonl, write_jsonl
 from .generate import Generator, SamplingConfig
 from .grading import GRADER_NAME, GRADER_VERSION
 from .metrics import accuracy_summary
-from .prompts import PromptConfig, render
-from .records import Record, chunked, grade_record, new_record, resume_records, run_resumable
+from .prompts import PromptConfig
+from .records import (Record, chunked, expected_fields, grade_record, journal, new_record, problem_prompts,
+                      resume_records, run_resumable)
 from .seeds import problem_seed
 
 
@@ -73,17 +74,10 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
     `model_id` (the weights' content hash) is stored in each record, so a resume never mixes two
     models' records.
     """
-    problems = list(problems)[:cfg.limit]
-    if not problems:
-        raise ValueError("no problems to evaluate: the dataset is empty")
-    ids = [str(p["id"]) for p in problems]
-    if len(set(ids)) != len(ids):
-        raise ValueError("problem ids are not unique; pass the rows through reasoning.data.validate_rows")
-    prompts = {pid: render(p["problem"], cfg.prompt) for pid, p in zip(ids, problems)}
-    golds = {pid: str(p["answer"]) for pid, p in zip(ids, problems)}
+    ids, prompts, golds = problem_prompts(list(problems)[:cfg.limit], cfg.prompt)
     model_id = generator.model_id
-    expected = {pid: {"prompt": prompts[pid], "gold": golds[pid]} for pid in ids}
-    done = resume_records(records_path, expected, {"config_hash": cfg.hash, "model_id": model_id},
+    done = resume_records(records_path, expected_fields(prompts, golds),
+                          {"config_hash": cfg.hash, "model_id": model_id},
                           "evaluation config", regrade=grade_record) if records_path else {}
 
     # Similar prompt lengths share a batch (less padding); the order is fixed by the data alone.
@@ -100,6 +94,13 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
     records = run_resumable(ids, done, chunked(todo, cfg.batch_size, work), records_path, progress, "evaluate",
                             lambda d: {"acc": f"{sum(r['correct'] for r in d.values()) / len(d):.3f}"})
     return records, metrics_from_records(records)
+
+
+def evaluation_journal(state_dir: str | Path, model_id: str, data_sha256: str, cfg: EvalConfig) -> Path:
+    """The record log of evaluating model `model_id` on the data file with `data_sha256` under `cfg`
+    (records.journal keyed by all three). The evaluate stage and final_eval both use it, so final_eval
+    reuses the evaluate stage's records of the baseline instead of generating them again."""
+    return journal(state_dir, {"model": model_id, "data": data_sha256, "config": cfg.hash})
 
 
 def metrics_from_records(records: Sequence[Record], wall_time: float | None = None) -> dict[str, Any]:

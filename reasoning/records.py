@@ -30,6 +30,7 @@ from tqdm import tqdm
 from .config import run_dir
 from .files import JsonlAppender, read_jsonl, write_jsonl
 from .grading import grade
+from .prompts import PromptConfig, render
 
 
 class Record(TypedDict):
@@ -49,6 +50,25 @@ class Record(TypedDict):
     config_hash: str  # what determined the completion (prompt, sampling, seed)
     prompt_hash: str
     model_id: str  # content hash of the weights (weights.model_id)
+
+
+def problem_prompts(problems: Sequence[dict[str, Any]],
+                    prompt: PromptConfig) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """(ids, prompt by id, gold answer by id) of dataset rows, the start of every resumable run;
+    `expected_fields` of them is what a kept record must still match. Raises ValueError for an empty
+    set or repeated ids."""
+    if not problems:
+        raise ValueError("no problems to run: the dataset is empty")
+    ids = [str(p["id"]) for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError("problem ids are not unique; pass the rows through reasoning.data.validate_rows")
+    prompts = {pid: render(p["problem"], prompt) for pid, p in zip(ids, problems)}
+    return ids, prompts, {pid: str(p["answer"]) for pid, p in zip(ids, problems)}
+
+
+def expected_fields(prompts: dict[str, str], golds: dict[str, str]) -> dict[str, dict[str, str]]:
+    """What `resume_records` checks a kept record against: the problem's prompt and gold answer."""
+    return {pid: {"prompt": prompts[pid], "gold": golds[pid]} for pid in prompts}
 
 
 def journal(state_dir: str | Path, key: dict[str, Any]) -> Path:

@@ -49,7 +49,7 @@ from .grading import answers_equivalent, extract_answer
 from .files import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from .metrics import answer_classes, compare_records, mean_pass_at_k
 from .prompts import PromptConfig, render
-from .records import Record, chunked, grade_record, resume_records, run_resumable
+from .records import Record, chunked, expected_fields, grade_record, problem_prompts, resume_records, run_resumable
 from .report import TABLE_FIELDS, plot_frontier, scaling_table, write_csv
 from .seeds import problem_seed
 
@@ -384,18 +384,11 @@ def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: Metho
     `sample_key`, seed and at least n samples: its samples are reused instead of generated. The
     generator's `model_id` is stored in each record, so a resume never mixes two models' records.
     """
-    problems = list(problems)
-    if not problems:
-        raise ValueError("no problems to run: the dataset is empty")
-    ids = [str(p["id"]) for p in problems]
-    if len(set(ids)) != len(ids):
-        raise ValueError("problem ids are not unique; pass the rows through reasoning.data.validate_rows")
-    rows = {pid: p for pid, p in zip(ids, problems)}
-    prompts = {pid: render(p["problem"], method.prompt) for pid, p in rows.items()}
-    golds = {pid: str(p["answer"]) for pid, p in rows.items()}
+    ids, prompts, golds = problem_prompts(list(problems), method.prompt)
+    rows = dict(zip(ids, problems))
     model_id = generator.model_id
-    expected = {pid: {"prompt": prompts[pid], "gold": golds[pid]} for pid in ids}
-    done = resume_records(records_path, expected, {"config_hash": method.hash(seed), "model_id": model_id},
+    done = resume_records(records_path, expected_fields(prompts, golds),
+                          {"config_hash": method.hash(seed), "model_id": model_id},
                           f"configuration of method {method.name!r}",
                           regrade=lambda r: {**r, "samples": [_graded(s, r["gold"]) for s in r["samples"]]},
                           ) if records_path else {}

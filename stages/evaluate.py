@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from reasoning.data import read_dataset
-from reasoning.evaluate import EvalConfig, evaluate, regrade
+from reasoning.evaluate import EvalConfig, evaluate, evaluation_journal, regrade
 from reasoning.files import sha256_file, write_json, write_jsonl
 from reasoning.generate import load_generator
-from reasoning.records import journal
 
 from .common import add_run_flags, skipped_rows, stage_config, stage_parser
 
@@ -41,10 +40,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ap.error("--model, --data and --state are required (unless --regrade)")
         cfg = stage_config(EvalConfig, "evaluate", args)
         generator = load_generator(args.model, cfg)
-        key = {"model": generator.model_id, "data": sha256_file(args.data), "config": cfg.hash}
         skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
         records, metrics = evaluate(generator, read_dataset(args.data, skipped=skipped), cfg,
-                                    journal(args.state, key), progress=not args.no_progress)
+                                    evaluation_journal(args.state, generator.model_id, sha256_file(args.data), cfg),
+                                    progress=not args.no_progress)
         metrics.update(skipped_rows(skipped))  # only when some were: --regrade reproduces a clean run's metrics
         write_jsonl(records_path, records)
     write_json(args.out / "metrics.json", metrics)

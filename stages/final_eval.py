@@ -20,11 +20,10 @@ from pathlib import Path
 
 from reasoning.config import from_dict, load_section
 from reasoning.data import read_dataset
-from reasoning.evaluate import EvalConfig, evaluate, metrics_from_records
+from reasoning.evaluate import EvalConfig, evaluate, evaluation_journal, metrics_from_records
 from reasoning.files import atomic_write_text, read_json, sha256_file, write_json, write_jsonl
 from reasoning.generate import load_generator
 from reasoning.prompts import PromptConfig
-from reasoning.records import journal
 from reasoning.report import COMPARISON_FIELDS, accuracy_chart, comparison_rows, comparison_table, write_csv
 from reasoning.scaling import describe, load_best
 
@@ -61,8 +60,8 @@ def evaluate_model(path: Path, problems: list[dict], cfg: EvalConfig, state: Pat
     --state, the baseline's records of the evaluate stage are reused, and a killed run resumes."""
     cfg = model_eval_config(path, cfg)
     generator = load_generator(path, cfg)
-    key = {"model": generator.model_id, "data": data_sha, "config": cfg.hash}
-    return evaluate(generator, problems, cfg, journal(state, key), progress=False)
+    return evaluate(generator, problems, cfg, evaluation_journal(state, generator.model_id, data_sha, cfg),
+                    progress=False)
 
 
 def scaling_row(scaling: str, problems: list[dict], eval_limit: int | None) -> tuple:
