@@ -7,6 +7,10 @@ same names and give the same error for an unknown one.
 
 from __future__ import annotations
 
+import json
+import resource
+from pathlib import Path
+
 import torch
 
 DTYPES: dict[str, torch.dtype] = {
@@ -30,3 +34,22 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is unknown; use one of auto, {', '.join(sorted(DTYPES))}")
     return torch.device(device), DTYPES[dtype]
+
+
+def checkpoint_dtype(ckpt: Path, device: str) -> torch.dtype:
+    """`--dtype auto`: bfloat16 on CUDA; elsewhere the dtype the checkpoint's config.json names
+    (`torch_dtype`, or `dtype` as transformers >= 5 writes it), float32 when it names none we know."""
+    if device.startswith("cuda"):
+        return torch.bfloat16
+    hf = json.loads((ckpt / "config.json").read_text())
+    name = str(hf.get("torch_dtype") or hf.get("dtype") or "float32").removeprefix("torch.")
+    return DTYPES.get(name, torch.float32)
+
+
+def peak_memory_bytes(device: str | torch.device = "cpu") -> int:
+    """The most memory this process has held, in bytes: CUDA's max allocated on a GPU (since the
+    process started or the last `torch.cuda.reset_peak_memory_stats`), else the peak resident set
+    size (Linux `ru_maxrss`, reported in KiB)."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

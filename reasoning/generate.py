@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .devices import DTYPES, resolve_device
+from .devices import DTYPES, checkpoint_dtype, peak_memory_bytes, resolve_device
 from .model import Qwen3
 from .seeds import sample_seed
 from .tokenizer import Tokenizer
@@ -365,27 +365,6 @@ def load_generator(source: str | Path, settings: GenerationSettings, setting: st
     device, dtype = resolve_device(settings.device, settings.dtype)
     return Generator(load_model(ckpt, dtype, device), Tokenizer(ckpt), compile=settings.compile,
                      batch_size=settings.batch_size, model_id=model_id(ckpt))
-
-
-def checkpoint_dtype(ckpt: Path, device: str) -> torch.dtype:
-    """`--dtype auto`: bfloat16 on CUDA; elsewhere the dtype the checkpoint's config.json names
-    (`torch_dtype`, or `dtype` as transformers >= 5 writes it), float32 when it names none we know."""
-    if device.startswith("cuda"):
-        return torch.bfloat16
-    import json
-
-    hf = json.loads((ckpt / "config.json").read_text())
-    name = str(hf.get("torch_dtype") or hf.get("dtype") or "float32").removeprefix("torch.")
-    return DTYPES.get(name, torch.float32)
-
-
-def peak_memory_bytes(device: str) -> int:
-    """The most memory this process has held: CUDA's max allocated on a GPU, else the peak RSS."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated()
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from reasoning import generate as generate_module
-from reasoning.generate import (NUCLEUS_PREFIX, Completion, Generator, SamplingConfig, checkpoint_dtype,
+from reasoning.devices import checkpoint_dtype
+from reasoning.generate import (NUCLEUS_PREFIX, Completion, Generator, SamplingConfig,
                                 fastest_matmul_dtype, main, sample_rows)
 from reasoning.model import Qwen3
 from reasoning.prompts import PromptConfig, render
