@@ -46,10 +46,13 @@ def checkpoint_dtype(ckpt: Path, device: str) -> torch.dtype:
     return DTYPES.get(name, torch.float32)
 
 
-def peak_memory_bytes(device: str | torch.device = "cpu") -> int:
+def peak_memory_bytes(device: str | torch.device | None = None) -> int:
     """The most memory this process has held, in bytes: CUDA's max allocated on a GPU (since the
     process started or the last `torch.cuda.reset_peak_memory_stats`), else the peak resident set
-    size (Linux `ru_maxrss`, reported in KiB)."""
+    size (Linux `ru_maxrss`, reported in KiB). `device=None`: the GPU when this process has used
+    CUDA, else the host."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() and torch.cuda.is_initialized() else "cpu"
     if str(device).startswith("cuda"):
         return torch.cuda.max_memory_allocated()
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

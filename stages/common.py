@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from reasoning.config import load_params, load_section
+from reasoning.devices import peak_memory_bytes
 
 T = TypeVar("T")
 PARAMS = "params.yaml"
@@ -71,8 +73,22 @@ def rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def skipped_rows(skipped: dict[str, int]) -> dict[str, int]:
-    """`{"skipped_rows": n}` for a stage's metrics when `read_dataset(..., skipped=skipped)` skipped rows
-    (each named with its file, line and field in a warning); {} when none was, so clean runs keep
-    their metrics unchanged."""
-    return {"skipped_rows": skipped["malformed_rows"]} if skipped else {}
+def run_facts(skipped: dict[str, int] | None = None) -> dict[str, int]:
+    """What a stage's metrics record about the run itself: `peak_memory_bytes`, the most memory the
+    stage's process held (reasoning.devices.peak_memory_bytes: CUDA's max allocated when the stage
+    used a GPU, else the peak resident set size; each stage runs in its own process under `dvc repro`),
+    and `skipped_rows` when `read_dataset(..., skipped=skipped)` skipped malformed rows (each named with
+    its file, line and field in a warning); clean runs carry no `skipped_rows` key."""
+    facts = {"peak_memory_bytes": peak_memory_bytes()}
+    if skipped:
+        facts["skipped_rows"] = skipped["malformed_rows"]
+    return facts
+
+
+def earlier_run_facts(metrics_path: Path) -> dict[str, int]:
+    """The run facts (see `run_facts`) of the metrics file a regrade or report-only pass rewrites: they
+    describe the run that produced the records, not the pass that re-reads them; {} without one."""
+    if not metrics_path.exists():
+        return {}
+    earlier = json.loads(metrics_path.read_text())
+    return {k: earlier[k] for k in ("peak_memory_bytes", "skipped_rows") if k in earlier}

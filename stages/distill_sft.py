@@ -25,7 +25,7 @@ from reasoning.tokenizer import Tokenizer
 from reasoning.train import train
 from reasoning.weights import load_model, model_id, resolve, save_model
 
-from .common import rank0, stage_config, stage_parser
+from .common import rank0, run_facts, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     log = read_jsonl(state / "metrics.jsonl")  # DVC plots want one shape per file: steps and validations apart
     write_json(args.curve, [r for r in log if "loss" in r])
     write_json(args.val_curve, [r for r in log if "val_loss" in r])
-    metrics = {**result, **counts, "prompt_hash": prompt.hash, "state_dir": str(state)}
+    metrics = {**result, **counts, "prompt_hash": prompt.hash, "state_dir": str(state), **run_facts()}
     write_json(args.metrics, metrics)
     if not args.keep_state:
         shutil.rmtree(state)

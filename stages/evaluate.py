@@ -17,7 +17,7 @@ from reasoning.evaluate import EvalConfig, evaluate, evaluation_journal, regrade
 from reasoning.files import sha256_file, write_json, write_jsonl
 from reasoning.generate import load_generator
 
-from .common import add_run_flags, skipped_rows, stage_config, stage_parser
+from .common import add_run_flags, earlier_run_facts, run_facts, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     records_path = args.out / "records.jsonl"
     if args.regrade:
-        metrics = regrade(records_path)
+        metrics = {**regrade(records_path), **earlier_run_facts(args.out / "metrics.json")}
     else:
         if not args.model or not args.data or not args.state:
             ap.error("--model, --data and --state are required (unless --regrade)")
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         records, metrics = evaluate(generator, read_dataset(args.data, skipped=skipped), cfg,
                                     evaluation_journal(args.state, generator.model_id, sha256_file(args.data), cfg),
                                     progress=not args.no_progress)
-        metrics.update(skipped_rows(skipped))  # only when some were: --regrade reproduces a clean run's metrics
+        metrics.update(run_facts(skipped))
         write_jsonl(records_path, records)
     write_json(args.out / "metrics.json", metrics)
     print(f"{args.out}: accuracy {metrics['accuracy']:.3f} "

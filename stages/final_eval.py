@@ -27,7 +27,7 @@ from reasoning.prompts import PromptConfig
 from reasoning.report import COMPARISON_FIELDS, accuracy_chart, comparison_rows, comparison_table, write_csv
 from reasoning.scaling import describe, load_best
 
-from .common import skipped_rows, stage_config, stage_parser
+from .common import run_facts, stage_config, stage_parser
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     write_csv(args.out / "table.csv", rows, COMPARISON_FIELDS)
     accuracy_chart(rows, args.out / "chart.png")
     metrics = {"baseline": cfg.baseline, "models": {r.pop("model"): r for r in [dict(r) for r in rows]},
-               **skipped_rows(skipped)}
+               **run_facts(skipped)}
     write_json(args.out / "metrics.json", metrics)
     print(table)
     return metrics

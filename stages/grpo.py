@@ -28,7 +28,7 @@ from reasoning.grpo import GRPOConfig, run_summary, train_grpo
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model, model_id, resolve, save_model
 
-from .common import rank0, skipped_rows, stage_config, stage_parser
+from .common import rank0, run_facts, stage_config, stage_parser
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                         last_records)
     write_json(args.curve, curve)
     write_json(args.eval_curve, evals)
-    metrics.update(prompt_hash=cfg.train.prompt.hash, state_dir=str(state), **skipped_rows(skipped))
+    metrics.update(prompt_hash=cfg.train.prompt.hash, state_dir=str(state), **run_facts(skipped))
     write_json(args.metrics, metrics)
     if not args.keep_state:
         shutil.rmtree(state)

@@ -21,7 +21,7 @@ from reasoning.files import read_jsonl, sha256_file
 from reasoning.generate import load_generator
 from reasoning.scaling import ScalingConfig, run_grid, write_outputs
 
-from .common import add_run_flags, skipped_rows, stage_config, stage_parser
+from .common import add_run_flags, earlier_run_facts, run_facts, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -60,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                            progress=not args.no_progress)
     # the table's model column: the checkpoint's name, else (--report alone) its weights' hash
     model = (args.model.name or str(args.model)) if args.model else records[cfg.methods[0].name][0]["model_id"]
-    metrics = write_outputs(args.out, cfg.methods, records, model, skipped_rows(skipped))
+    facts = earlier_run_facts(args.out / "metrics.json") if args.report else run_facts(skipped)
+    metrics = write_outputs(args.out, cfg.methods, records, model, facts)
     print((args.out / "table.md").read_text())
     best = metrics["best"]
     print(f"best: {best['method']}@{best['budget']} accuracy {best['accuracy']:.3f} "

@@ -21,7 +21,7 @@ from reasoning.files import write_json
 from reasoning.toy.pretrain import ToyBaseConfig, build_base
 from reasoning.weights import load_model, model_id, resolve, save_model
 
-from .common import skipped_rows, stage_config, stage_parser
+from .common import run_facts, stage_config, stage_parser
 
 PROGRESS_EVERY = 100  # training steps between progress lines
 
@@ -62,13 +62,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
             if step % PROGRESS_EVERY == 0:
                 print(f"step {step}: loss {metrics['loss']:.3f}, {metrics['tokens_per_s']:.0f} tokens/s")
 
+    skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
     if cfg.source == "toy":
-        skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
         metrics, revision = build_base(read_dataset(args.train, skipped=skipped), args.out, cfg.toy, log=log), None
-        metrics.update(skipped_rows(skipped))
     else:
         metrics = _load_and_resave(cfg, args.out)
         revision = metrics.pop("revision")
+    metrics.update(run_facts(skipped))
     write_json(args.out / "metadata.json", {"source": cfg.source, "revision": revision,
                                             "model_id": model_id(args.out), "params": metrics["params"]})
     write_json(args.metrics, metrics)

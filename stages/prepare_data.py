@@ -15,7 +15,7 @@ from reasoning import data
 from reasoning.files import write_json
 from reasoning.toy.task import LEVELS, make_splits
 
-from .common import stage_config, stage_parser, trial_limit
+from .common import run_facts, stage_config, stage_parser, trial_limit
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                          "dropped_overlap": dropped}, skipped_train)
     metrics = {"train_rows": meta_train["rows"], "test_rows": meta_test["rows"], "dropped_overlap": dropped,
                "skipped_train": sum(meta_train["skipped"].values()),
-               "skipped_test": sum(meta_test["skipped"].values())}
+               "skipped_test": sum(meta_test["skipped"].values()), **run_facts()}
     write_json(args.metrics, metrics)
     print(f"{out}: {metrics['train_rows']} train / {metrics['test_rows']} test rows ({cfg.world})")
     return metrics

@@ -19,7 +19,7 @@ from reasoning.distill import TracesConfig, generate_traces
 from reasoning.files import write_json, write_jsonl
 from reasoning.teacher import load_teacher
 
-from .common import add_run_flags, skipped_rows, stage_config, stage_parser
+from .common import add_run_flags, run_facts, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     kept, rejected, metrics = generate_traces(teacher, train, test, cfg, args.state, progress=not args.no_progress)
     write_jsonl(args.out / "traces.jsonl", kept)
     write_jsonl(args.out / "rejected.jsonl", rejected)
-    metrics.update(skipped_rows(skipped))
+    metrics.update(run_facts(skipped))
     write_json(args.metrics, metrics)
     print(f"{args.out}: kept {metrics['kept']} of {metrics['samples']} samples on {metrics['problems_sampled']} "
           f"problems (coverage {metrics['coverage']:.1%}); rejected {metrics['rejected']}; "

@@ -278,7 +278,7 @@ def test_local_math_source_end_to_end(tmp_path):
 
 def test_read_dataset_skips_counts_and_names_rows_without_a_field(tmp_path, caplog):
     """Every stage reads problems through read_dataset; skips from several files add up in its metrics."""
-    from stages.common import skipped_rows
+    from stages.common import run_facts
 
     good = {"id": "a", "problem": "What is 1 + 1?", "answer": "2"}
     (tmp_path / "one.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "b", "answer": ""})
@@ -287,7 +287,7 @@ def test_read_dataset_skips_counts_and_names_rows_without_a_field(tmp_path, capl
     skipped: dict[str, int] = {}
     assert [r["id"] for r in read_dataset(tmp_path / "one.jsonl", skipped=skipped)] == ["a"]
     assert read_dataset(tmp_path / "two.jsonl", skipped=skipped) == []
-    assert skipped_rows(skipped) == {"skipped_rows": 3} and skipped_rows({}) == {}
+    assert run_facts(skipped)["skipped_rows"] == 3 and "skipped_rows" not in run_facts({})
     assert f"{tmp_path / 'one.jsonl'}:2: row skipped: field 'answer' missing or empty" in caplog.text
     assert f"{tmp_path / 'one.jsonl'}:4: row skipped: field 'problem' missing or empty" in caplog.text  # blank line 3
     assert f"{tmp_path / 'two.jsonl'}:1: row skipped: field 'id' missing or empty" in caplog.text

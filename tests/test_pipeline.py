@@ -169,6 +169,7 @@ def test_prepare_data_sources_world_removes_overlap(tmp_path, monkeypatch):
         "train": {"source": str(tmp_path / "train.jsonl")}}}))
     monkeypatch.chdir(tmp_path)
     metrics = prepare_data.main(["--out", "data/datasets", "--metrics", "data/metrics/prepare_data.json"])
+    assert metrics.pop("peak_memory_bytes") > 0
     assert metrics == {"train_rows": 7, "test_rows": 3, "dropped_overlap": 1, "skipped_train": 0, "skipped_test": 0}
     assert [r["id"] for r in read_jsonl("data/datasets/train.jsonl")] == [f"p{i}" for i in range(3, 10)]
     assert json.loads(Path("data/datasets/train.meta.json").read_text())["dropped_overlap"] == 1
@@ -412,6 +413,8 @@ def test_dvc_metrics_and_plots_show(toy):
     metrics = workspace["data"]
     assert metrics["data/final/metrics.json"]["data"]["models"]["base"]["n"] == 16
     assert metrics["data/metrics/load_base.json"]["data"]["steps"] == 8
+    # what each stage's run needed, beside its results (a toy stage holds at least torch: > 100 MiB)
+    assert all(m["data"]["peak_memory_bytes"] > 100 * 2**20 for m in metrics.values()), metrics.keys()
     plots = toy.dvc("plots", "show")
     assert plots.returncode == 0 and "WARNING" not in plots.stdout + plots.stderr, plots.stderr
     assert (toy.repo / "dvc_plots/index.html").exists()

@@ -444,7 +444,7 @@ def test_stage_cli_end_to_end(tiny_ckpt, tmp_path, capsys):
     metrics = stage_main(["--model", str(tiny_ckpt), "--data", str(data), "--out", str(out),
                           "--state", str(tmp_path / "runs"),
                           "--params", str(params), "--no-progress"])
-    assert set(metrics) == {"greedy/1", "sc/1", "sc/3", "best"}
+    assert set(metrics) == {"greedy/1", "sc/1", "sc/3", "best", "peak_memory_bytes"}
     for name in ("table.md", "table.csv", "frontier.png", "metrics.json", "best.json", "records/sc.jsonl"):
         assert (out / name).exists(), name
     assert "| 3 |" in capsys.readouterr().out
