@@ -1,13 +1,21 @@
-"""Batched, KV-cached generation: prefill + decode on the static cache, with per-row sampling.
+"""Batched, KV-cached generation with continuous batching on one static cache, with per-row sampling.
 
 Design choices:
-- Prompts of different lengths are sorted by length, left-padded and prefilled together;
-  n samples of one prompt share its prefill (the cache rows are repeated after prefill).
+- One KV cache per model, allocated for the generator's batch size (its slots) and the longest
+  context asked for, and grown only when a call needs more; prefill, fan-out to n samples and
+  compaction write into it in place (model.py), so peak memory is one cache.
+- Continuous batching: every (prompt, sample) waits in a queue, shortest prompts first, and is
+  admitted into a free slot as soon as one is free: a row that finishes hands its slot to the next
+  waiting row in the following step, so the decode batch stays full while work remains (a batch
+  that only shrinks as its rows finish spends most steps nearly empty, answer lengths being heavy-
+  tailed). Prompts admitted together are prefilled together (right-padded); n samples of one prompt
+  admitted together share its prefill (its cache prefix is copied to their slots).
 - Each (prompt, sample) row draws its randomness from its own seeded `torch.Generator` by
-  inverse-CDF sampling, so the same seed gives the same sample whatever else is in the batch.
-- Finished rows (stop token or stop string) leave the batch: when the live rows fall to half
-  the batch, the caches are compacted, so finished rows stop costing compute while the batch
-  size (and so the compiled graph) changes only log2(B) times.
+  inverse-CDF sampling, so the same seed gives the same sample whatever else is in the batch and
+  whenever the row was admitted.
+- When nothing waits and the live rows fall to half the batch, they move to the first slots and
+  the batch narrows, so finished rows stop costing compute while the batch width (and so the
+  compiled graph) changes only log2(B) times.
 - Only the decode step is compiled (`compile=True`); prefill runs eagerly with large matmuls.
   Each step attends to the filled part of the static cache only (`kv_len`); under compile that
   length becomes a dynamic dimension after the first steps, so the graph is not rebuilt per token.
@@ -27,6 +35,7 @@ import argparse
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +196,17 @@ def fastest_matmul_dtype(model: Qwen3, rows: int,
     return _FASTEST[key]
 
 
+@dataclass
+class _Row:
+    """A (prompt, sample) being decoded in a cache slot."""
+
+    prompt: int
+    sample: int
+    length: int  # tokens in its cache slot: the prompt plus the tokens fed back so far
+    gen: torch.Generator  # its own random stream (sample_seed), so its draws do not depend on the batch
+    completion: Completion = field(default_factory=Completion)
+
+
 class Generator:
     """Holds a model, its tokenizer and the (optionally compiled) decode step.
 
@@ -210,12 +230,18 @@ class Generator:
         self.matmul_dtype = matmul_dtype
         self._decode = torch.compile(self._decode_step, fullgraph=True) if compile else self._decode_step
         self._active: torch.dtype | None = None  # the matmul dtype the model is set to (None: its own)
+        self._rows: int | None = None  # the row count that dtype was chosen for
 
-    def _decode_step(self, cur: Tensor, input_pos: Tensor, pad: Tensor, kv_len: int) -> Tensor:
-        return self.model(cur, input_pos, pad, kv_len=kv_len)[:, -1]
+    def _decode_step(self, tok: Tensor, pos: Tensor, kv_len: int) -> Tensor:
+        """(B, V) logits of one token per cache row 0..B-1: tok and pos are (B, 1)."""
+        return self.model(tok, pos, kv_len=kv_len)[:, -1]
 
     def _use_matmul_dtype(self, rows: int) -> None:
-        """Set the model's matmul dtype for a forward pass over `rows` rows."""
+        """Set the model's matmul dtype for a forward pass over `rows` rows (decided again only when
+        the row count changes: decode steps of one batch width share one decision)."""
+        if rows == self._rows:
+            return
+        self._rows = rows
         if self.matmul_dtype == "model":
             dtype = None
         elif self.matmul_dtype == "auto":
@@ -250,88 +276,127 @@ class Generator:
                              f"{self.model.config.max_position_embeddings}; lower it")
         for i in (i for i, p in enumerate(ids) if len(p) > room):
             out[i] = [Completion(finish_reason="context") for _ in range(n)]
+        # Shortest prompts first: prompts admitted together are prefilled together, and similar
+        # lengths waste little on padding.
         order = sorted((i for i, p in enumerate(ids) if len(p) <= room), key=lambda i: len(ids[i]))
-        per_batch = max(1, self.batch_size // n)
+        if not order:
+            return out
         try:
-            for start in range(0, len(order), per_batch):
-                chunk = order[start:start + per_batch]
-                results = self._generate_batch([ids[i] for i in chunk], sampling, n,
-                                               [seeds[i] for i in chunk], stream, chunk)
-                for i, comps in zip(chunk, results):
-                    out[i] = comps
+            done = self._run(ids, deque((i, j) for i in order for j in range(n)), sampling, seeds, stream)
         finally:  # training between generations must see the weights themselves
             self.model.set_matmul_dtype(None)
-            self._active = None
+            self._active = self._rows = None
+        for (i, j), c in sorted(done.items()):
+            out[i].append(c)
         return out
 
-    def _generate_batch(self, prompts: list[list[int]], cfg: SamplingConfig, n: int, seeds: list[int],
-                        stream: StreamFn | None, prompt_index: list[int]) -> list[list[Completion]]:
+    def _run(self, ids: list[list[int]], queue: deque[tuple[int, int]], cfg: SamplingConfig,
+             seeds: list[int], stream: StreamFn | None) -> dict[tuple[int, int], Completion]:
+        """Continuous batching: every (prompt, sample) of `queue` decoded in the cache's slots, a
+        finished row's slot taking the next waiting one. Returns the completion of each."""
         model, device = self.model, self.model.device
-        P, L = len(prompts), max(len(p) for p in prompts)
-        B = P * n
-        max_len = L + cfg.max_new_tokens
-        if max_len > model.config.max_position_embeddings:
-            raise ValueError(f"prompt ({L} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds the model's "
-                             f"context of {model.config.max_position_embeddings}")
-        model.setup_caches(B, -(-max_len // 64) * 64)  # round up so nearby lengths reuse one cache shape
-        idx = torch.full((P, L), self.tokenizer.pad_id, dtype=torch.long)
-        pad = torch.tensor([L - len(p) for p in prompts], dtype=torch.long)
-        for r, p in enumerate(prompts):
-            idx[r, L - len(p):] = torch.tensor(p)
-        idx, pad = idx.to(device), pad.to(device)
-
-        # Prefill the P prompts once into the first P cache rows, then give each its n rows.
-        for c in model.kv_caches():
-            c.select_rows(torch.arange(P, device=device))
-        self._use_matmul_dtype(P * L)
-        logits = model(idx, torch.arange(L, device=device), pad, last_only=True, kv_len=L)[:, -1]
-        if n > 1:
-            for c in model.kv_caches():
-                c.repeat_rows(n)
-            logits, pad = logits.repeat_interleave(n, 0), pad.repeat_interleave(n)
-
-        comps = [Completion() for _ in range(B)]
-        gens = [torch.Generator().manual_seed(sample_seed(seeds[r // n], r % n)) for r in range(B)]
+        capacity = min(self.batch_size, len(queue))
+        longest = max(len(ids[i]) for i, _ in queue) + cfg.max_new_tokens
+        model.setup_caches(capacity, -(-longest // 64) * 64)  # round up: nearby lengths keep the cache
         stop_ids = set(self.tokenizer.stop_ids)
         max_stop = max((len(s) for s in cfg.stop_strings), default=0)
-        rows = list(range(B))  # global row held by each cache row
-        done = [False] * B  # per cache row
-        self._use_matmul_dtype(B)
-        for step in range(cfg.max_new_tokens):
-            live = [j for j in range(len(rows)) if not done[j]]
-            if len(live) < len(rows):  # finished rows ride along until the next compaction
-                live_t = torch.tensor(live, device=device)
-                new = sample_rows(logits[live_t], cfg, [gens[rows[j]] for j in live])
-                lp = torch.log_softmax(logits[live_t], -1).gather(-1, new[:, None])[:, 0]
-                tok = torch.full((len(rows),), self.tokenizer.pad_id, dtype=torch.long, device=device)
-                tok[live_t] = new
-            else:
-                new = tok = sample_rows(logits, cfg, [gens[r] for r in rows])
-                lp = torch.log_softmax(logits, -1).gather(-1, new[:, None])[:, 0]
-            for j, t, logp in zip(live, new.tolist(), lp.tolist()):
-                r = rows[j]
-                c = comps[r]
+        done: dict[tuple[int, int], Completion] = {}
+        rows: dict[int, _Row] = {}  # slot -> the sequence it holds
+        free = list(range(capacity))  # free slots; the lowest is taken first, keeping the batch a prefix
+        tok = torch.zeros(capacity, 1, dtype=torch.long, device=device)  # the token each slot feeds next
+        pos = torch.zeros(capacity, 1, dtype=torch.long, device=device)  # ... and the position it goes to
+        logits = torch.empty(0)
+        width = 0  # slots 0..width-1 form the decode batch
+        while rows or queue:
+            if rows:  # one decode step for the rows holding a sampled token
+                self._use_matmul_dtype(width)
+                kv_len = max(r.length for r in rows.values())
+                logits = self._decode(tok[:width], pos[:width], kv_len)
+            if queue and free:
+                logits = self._admit(ids, queue, free, rows, logits, cfg, seeds)
+                width = max(rows) + 1
+            live = sorted(rows)
+            live_t = torch.tensor(live, device=device)
+            live_logits = logits[live_t] if len(live) < logits.shape[0] else logits
+            new = sample_rows(live_logits, cfg, [rows[s].gen for s in live])
+            lp = torch.log_softmax(live_logits, -1).gather(-1, new[:, None])[:, 0]
+            tok[live_t, 0] = new
+            pos[live_t, 0] = torch.tensor([rows[s].length for s in live], device=device)
+            for s, t, logp in zip(live, new.tolist(), lp.tolist()):
+                r = rows[s]
+                c = r.completion
                 c.tokens.append(t)
                 c.logprobs.append(logp)
+                r.length += 1
                 if stream is not None:
-                    stream(prompt_index[r // n], r % n, t)
+                    stream(r.prompt, r.sample, t)
                 if t in stop_ids or (max_stop and self._hit_stop_string(c, cfg, max_stop)):
                     c.finish_reason = "stop"
-                    done[j] = True
-            live = [j for j in live if not done[j]]
-            if not live or step == cfg.max_new_tokens - 1:
-                break
-            if len(live) <= len(rows) // 2:  # compact: finished rows stop costing compute
-                keep = torch.tensor(live, device=device)
-                for c in model.kv_caches():
-                    c.select_rows(keep)
-                pad, tok = pad[keep], tok[keep]
-                rows, done = [rows[j] for j in live], [False] * len(live)
-                self._use_matmul_dtype(len(rows))
-            logits = self._decode(tok[:, None], torch.tensor([L + step], device=device), pad, L + step + 1)
-        for c in comps:
-            c.text = self._text(c, cfg)
-        return [comps[p * n:(p + 1) * n] for p in range(P)]
+                elif len(c.tokens) < cfg.max_new_tokens:
+                    continue
+                c.text = self._text(c, cfg)
+                done[r.prompt, r.sample] = c
+                del rows[s]
+                free.append(s)
+                pos[s, 0] = 0  # a free slot rides along at position 0: finite, and overwritten on reuse
+            free.sort()
+            if rows and not queue and len(rows) <= width // 2:
+                width = self._compact(rows, free, tok, pos)  # nothing waits: let the batch shrink
+        return done
+
+    def _admit(self, ids: list[list[int]], queue: deque[tuple[int, int]], free: list[int],
+               rows: dict[int, _Row], logits: Tensor, cfg: SamplingConfig, seeds: list[int]) -> Tensor:
+        """Take waiting (prompt, sample)s into the free slots: each prompt is prefilled once, into its
+        first slot (prompts right-padded together), and its other samples' slots get a copy of that
+        prefix. Returns `logits` with the new slots' rows set to their prompts' next-token logits."""
+        model, device = self.model, self.model.device
+        groups: dict[int, list[int]] = {}  # prompt -> its newly taken slots
+        while queue and free:
+            i, j = queue.popleft()
+            s = free.pop(0)
+            groups.setdefault(i, []).append(s)
+            rows[s] = _Row(i, j, len(ids[i]), torch.Generator().manual_seed(sample_seed(seeds[i], j)))
+        prompts = list(groups)
+        L = max(len(ids[i]) for i in prompts)
+        idx = torch.full((len(prompts), L), self.tokenizer.pad_id, dtype=torch.long)
+        for r, i in enumerate(prompts):
+            idx[r, :len(ids[i])] = torch.tensor(ids[i])
+        first = torch.tensor([groups[i][0] for i in prompts], device=device)
+        last = torch.tensor([len(ids[i]) - 1 for i in prompts], device=device)
+        self._use_matmul_dtype(len(prompts) * L)
+        fresh = model(idx.to(device), torch.arange(L, device=device), slots=first, kv_len=L, logits_at=last)[:, 0]
+        src = [groups[i][0] for i in prompts for _ in groups[i][1:]]
+        dst = [s for i in prompts for s in groups[i][1:]]
+        if dst:
+            for cache in model.kv_caches():
+                cache.copy_rows(torch.tensor(src, device=device), torch.tensor(dst, device=device), L)
+        width = max(max(rows) + 1, logits.shape[0])
+        if logits.shape[0] < width:  # the batch grew: room for the new rows
+            logits = torch.cat([logits, logits.new_empty(width - logits.shape[0], fresh.shape[-1])]) \
+                if logits.numel() else fresh.new_empty(width, fresh.shape[-1])
+        for r, i in enumerate(prompts):
+            logits[torch.tensor(groups[i], device=device)] = fresh[r]
+        return logits
+
+    def _compact(self, rows: dict[int, _Row], free: list[int], tok: Tensor, pos: Tensor) -> int:
+        """Move the live rows into slots 0..k-1 (their cache prefixes copied in place) so the decode
+        batch shrinks to k rows. Returns k."""
+        device = self.model.device
+        live = sorted(rows)
+        k = len(live)
+        moving = [(s, d) for d, s in enumerate(live) if s != d]
+        if moving:
+            src = torch.tensor([s for s, _ in moving], device=device)
+            dst = torch.tensor([d for _, d in moving], device=device)
+            length = max(rows[s].length for s, _ in moving)
+            for cache in self.model.kv_caches():
+                cache.copy_rows(src, dst, length)
+            tok[dst], pos[dst] = tok[src], pos[src]
+            for s, d in moving:
+                rows[d] = rows.pop(s)
+        free[:] = [s for s in range(len(tok)) if s not in rows]
+        pos[k:] = 0
+        return k
 
     def _hit_stop_string(self, c: Completion, cfg: SamplingConfig, max_stop: int) -> bool:
         tail = self.tokenizer.decode(c.tokens[-(max_stop + 8):])

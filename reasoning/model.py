@@ -3,12 +3,17 @@
 Design choices:
 - Module names follow Hugging Face's Qwen3 layout minus the `model.` prefix, so weight loading
   is a strict state-dict load with one prefix rule (see weights.py), not a translation table.
-- The KV cache is pre-allocated (static buffers, `setup_caches`) and written in place at
-  `input_pos`, so the decode step has fixed shapes and compiles once; a growing `torch.cat`
-  cache would recompile every step.
-- Batches of prompts of different lengths are left-padded: `pad[b]` counts row b's padding.
-  Rotary positions start at 0 after the padding, and attention never looks at padded keys, so
-  a row's logits do not depend on what else is in the batch.
+- The KV cache is one pair of static buffers per layer, (slots, kv heads, positions, head dim),
+  allocated by `setup_caches` and only ever grown (a generator sizes it once for its largest batch
+  and context). Every cache row ("slot") holds one sequence from position 0; each row of a forward
+  pass names its slot (`slots`, default the first B) and its own positions (`input_pos`, per row), so
+  a decode batch can mix sequences of different lengths and a finished sequence's slot can take a
+  new prompt while the others keep decoding (continuous batching, see generate.py). Writes go in
+  place at (slot, position); a growing `torch.cat` cache would recompile every step.
+- Prompts of different lengths are prefilled together right-padded: a token attends to positions
+  <= its own only, so the padding after a prompt never reaches it, and the padding's cache entries
+  are overwritten by generated tokens before any query can see them. A row's logits therefore do
+  not depend on what else is in the batch.
 - Decode attends only to the filled prefix of the cache (`kv_len`), and grouped-query attention
   shares each K/V head with its query heads inside SDPA (`enable_gqa`) instead of copying the
   cache `n_heads / n_kv_heads` times per step: both costs grow with the context.
@@ -180,21 +185,26 @@ class KVCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        # k, v: (B, H_kv, T, D) written at cache positions input_pos (T,)
-        self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
-        self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
-        return self.k_cache, self.v_cache
+    def update(self, slots: Tensor | None, input_pos: Tensor, k: Tensor, v: Tensor,
+               kv_len: int) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, H_kv, T, D) at (slot, position) and return the B rows' keys and values at
+        positions [0, kv_len). slots: (B,) cache rows, None for rows 0..B-1 (read as a view, no copy);
+        input_pos: (B, T) positions."""
+        B = k.shape[0]
+        rows = torch.arange(B, device=k.device) if slots is None else slots
+        # advanced indices around a slice put (B, T) first: the values go in as (B, T, H_kv, D)
+        self.k_cache[rows[:, None], :, input_pos] = k.transpose(1, 2).to(self.k_cache.dtype)
+        self.v_cache[rows[:, None], :, input_pos] = v.transpose(1, 2).to(self.v_cache.dtype)
+        if slots is None:
+            return self.k_cache[:B, :, :kv_len], self.v_cache[:B, :, :kv_len]
+        return self.k_cache[slots, :, :kv_len], self.v_cache[slots, :, :kv_len]
 
-    def select_rows(self, rows: Tensor) -> None:
-        """Keep only batch rows `rows` (finished rows leave the batch and stop costing compute)."""
-        self.k_cache = self.k_cache.index_select(0, rows)
-        self.v_cache = self.v_cache.index_select(0, rows)
-
-    def repeat_rows(self, n: int) -> None:
-        """Each row becomes n consecutive rows: n samples share one prompt's prefill."""
-        self.k_cache = self.k_cache.repeat_interleave(n, dim=0)
-        self.v_cache = self.v_cache.repeat_interleave(n, dim=0)
+    def copy_rows(self, src: Tensor, dst: Tensor, length: int) -> None:
+        """Positions [0, length) of slots `src` copied into slots `dst` (both (R,)), in place: the
+        fan-out of one prompt's prefill to its n samples, and the compaction of live rows into the
+        first slots. Only the filled prefix moves, never the whole cache."""
+        for cache in (self.k_cache, self.v_cache):
+            cache[dst, :, :length] = cache[src, :, :length]  # the source is gathered first: overlap is safe
 
 
 def rope_tables(cfg: ModelConfig, max_pos: int) -> tuple[Tensor, Tensor]:
@@ -224,16 +234,16 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                input_pos: Tensor | None) -> Tensor:
+                input_pos: Tensor | None, slots: Tensor | None = None) -> Tensor:
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)
-            S = mask.shape[-1]  # attend to the filled prefix of the cache only
-            k, v = k[:, :, :S].to(q.dtype), v[:, :, :S].to(q.dtype)  # (B, H_kv, S, D)
+            # attend to the filled prefix of the cache only: (B, H_kv, S, D)
+            k, v = self.kv_cache.update(slots, input_pos, k, v, mask.shape[-1])
+            k, v = k.to(q.dtype), v.to(q.dtype)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
@@ -261,8 +271,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                input_pos: Tensor | None) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
+                input_pos: Tensor | None, slots: Tensor | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos, slots)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -302,13 +312,20 @@ class Qwen3(nn.Module):
             self.register_buffer("rope_sin", sin.to(self.device), persistent=False)
 
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None) -> None:
-        """Allocate static KV caches (re-used when they already fit exactly)."""
-        cache = self.layers[0].self_attn.kv_cache
-        # Reuse only if the buffers still have every row: generation compacts finished rows away.
-        if (max_batch_size, max_seq_length) == (self.max_batch_size, self.max_seq_length) \
-                and cache is not None and cache.k_cache.shape[0] == max_batch_size:
-            return
+        """Static KV caches of at least `max_batch_size` slots x `max_seq_length` positions: kept when
+        the ones allocated already are that large (and of `dtype`, default the weights'), else
+        re-allocated at the larger of the old and the new size in each dimension, so a model's
+        caches are allocated a few times at most over any number of generations."""
         dtype = dtype or self.embed_tokens.weight.dtype
+        cache = self.layers[0].self_attn.kv_cache
+        if cache is not None and cache.k_cache.dtype == dtype and cache.k_cache.device == self.device \
+                and max_batch_size <= self.max_batch_size and max_seq_length <= self.max_seq_length:
+            return
+        if cache is not None and cache.k_cache.dtype == dtype:
+            max_batch_size = max(max_batch_size, self.max_batch_size)
+            max_seq_length = max(max_seq_length, self.max_seq_length)
+        for layer in self.layers:  # free the old buffers before allocating the new: one cache at a time
+            layer.self_attn.kv_cache = None
         self.max_batch_size, self.max_seq_length = max_batch_size, max_seq_length
         for layer in self.layers:
             a = layer.self_attn
@@ -330,14 +347,16 @@ class Qwen3(nn.Module):
     def kv_caches(self) -> list[KVCache]:
         return [layer.self_attn.kv_cache for layer in self.layers]
 
-    def forward(self, idx: Tensor, input_pos: Tensor | None = None, pad: Tensor | None = None,
-                last_only: bool = False, kv_len: int | None = None) -> Tensor:
-        """Logits (B, T, V) in fp32, or (B, 1, V) with `last_only`.
+    def forward(self, idx: Tensor, input_pos: Tensor | None = None, slots: Tensor | None = None,
+                kv_len: int | None = None, logits_at: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V) in fp32, or (B, 1, V) at the tokens `logits_at` names.
 
-        idx: (B, T) token ids. input_pos: (T,) cache positions (None: no cache, causal over idx).
-        pad: (B,) number of left-padding tokens per row (cached path only).
-        kv_len: attend to cache positions [0, kv_len) only, which must cover input_pos
-        (default: the whole cache; the unwritten part is masked out either way).
+        idx: (B, T) token ids. input_pos: (B, T) or (T,) cache positions of those tokens, which are
+        also their rotary positions (None: no cache, causal attention over idx alone).
+        slots: (B,) the cache rows the B rows write and read (default: rows 0..B-1).
+        kv_len: attend to cache positions [0, kv_len) only, which must cover input_pos (default: the
+        whole cache); each token attends to the positions <= its own.
+        logits_at: (B,) index into T per row, e.g. each right-padded prompt's last token.
         """
         B, T = idx.shape
         x = self.embed_tokens(idx)
@@ -346,20 +365,15 @@ class Qwen3(nn.Module):
             pos = torch.arange(T, device=idx.device).expand(B, T)
             mask = None
         else:
-            S = self.max_seq_length if kv_len is None else kv_len
-            pad = torch.zeros(B, dtype=torch.long, device=idx.device) if pad is None else pad
-            pos = (input_pos[None, :] - pad[:, None]).clamp(min=0)  # (B, T) rotary positions
-            k_idx = torch.arange(S, device=idx.device)
-            causal = k_idx[None, None, :] <= input_pos[None, :, None]  # (1, T, S)
-            not_pad = k_idx[None, None, :] >= pad[:, None, None]  # (B, 1, S)
-            # A padding query attends to itself only, so its (unused) outputs stay finite.
-            mask = ((causal & not_pad) | (k_idx[None, None, :] == input_pos[None, :, None]))[:, None]
+            pos = input_pos.expand(B, T)
+            k_idx = torch.arange(self.max_seq_length if kv_len is None else kv_len, device=idx.device)
+            mask = (k_idx[None, None, :] <= pos[:, :, None])[:, None]  # (B, 1, T, S)
         cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, D)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, cos, sin, mask, input_pos, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, input_pos)
-        if last_only:
-            x = x[:, -1:]
+                x = layer(x, cos, sin, mask, None if input_pos is None else pos, slots)
+        if logits_at is not None:
+            x = x[torch.arange(B, device=x.device), logits_at][:, None]
         return self.lm_head(self.norm(x)).float()

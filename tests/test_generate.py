@@ -289,3 +289,80 @@ def test_a_tiny_temperature_generates_the_greedy_tokens(gen):
     greedy = gen.generate(PROMPTS[:2], SamplingConfig(max_new_tokens=12))
     tiny = gen.generate(PROMPTS[:2], SamplingConfig(max_new_tokens=12, temperature=1e-38))
     assert [c.tokens for [c] in tiny] == [c.tokens for [c] in greedy]
+
+
+MIXED = ["1+1?", "What is 12 + 7? Think it through, step by step, then write the answer.", "Solve 3x + 4 = 10",
+         "x", "Question:\nAnswer:\n\\boxed{42} and more text here", "A much longer prompt, " * 6, "7*8", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def small_batch(tiny_ckpt):
+    """A generator of 3 slots: most calls below hold more rows than that, so slots get refilled.
+
+    In float64: a batch of another width sums in another order, which moves fp32 logits by ~1e-6;
+    the tiny model's near-flat distributions put a sampled draw that close to a CDF boundary about
+    once in a thousand draws. What these tests check is the scheduling (slots, prefixes, seeds), so
+    they take float noise out of the comparison."""
+    return Generator(load_model(tiny_ckpt, torch.float64), Tokenizer(tiny_ckpt), batch_size=3)
+
+
+@pytest.mark.parametrize("cfg, n", [
+    (SamplingConfig(max_new_tokens=20), 1),
+    (SamplingConfig(max_new_tokens=30, temperature=1.0, stop_strings=("e",)), 1),
+    (SamplingConfig(max_new_tokens=24, temperature=1.2, top_p=0.9, stop_strings=(" ", "\n")), 3),
+])
+def test_continuous_batching_equals_one_by_one(small_batch, cfg, n):
+    """Rows of mixed prompt and answer lengths, refilled into 3 slots as others finish: each completion
+    is the one the prompt gets alone (greedy tokens, and sampled ones thanks to per-row seeds)."""
+    seeds = [7 * i + 1 for i in range(len(MIXED))]
+    together = small_batch.generate(MIXED, cfg, n=n, seeds=seeds)
+    lengths = [len(c.tokens) for p in together for c in p]
+    if cfg.stop_strings:  # the case under test: short rows finish while a long one keeps decoding
+        assert min(lengths) * 3 <= max(lengths), lengths
+    for text, seed, comps in zip(MIXED, seeds, together):
+        [alone] = small_batch.generate([text], cfg, n=n, seeds=[seed])
+        assert [c.tokens for c in comps] == [c.tokens for c in alone]
+        assert [c.text for c in comps] == [c.text for c in alone]
+        assert [c.finish_reason for c in comps] == [c.finish_reason for c in alone]
+        for c, a in zip(comps, alone):
+            assert c.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+
+
+def test_a_finished_row_s_slot_is_refilled_at_once(small_batch, monkeypatch):
+    """While prompts wait, every decode step runs a full batch: fewer steps than batches that only shrink."""
+    cfg = SamplingConfig(max_new_tokens=30, temperature=1.0, stop_strings=("e",))
+    seeds = list(range(len(MIXED)))
+    widths: list[int] = []
+    decode = small_batch._decode
+    monkeypatch.setattr(small_batch, "_decode", lambda tok, pos, kv_len: (widths.append(len(tok)), decode(tok, pos, kv_len))[1])
+    out = small_batch.generate(MIXED, cfg, seeds=seeds)
+    lengths = sorted(len(c.tokens) for [c] in out)
+    # decode steps of static batches of 3 (each runs as long as its longest row), whatever their order
+    static = min(sum(max(chunk) - 1 for chunk in (order[i:i + 3] for i in range(0, len(order), 3)))
+                 for order in (lengths, lengths[::-1]))
+    assert len(widths) < static
+    assert sum(widths) >= sum(lengths) - len(lengths)  # every generated token after the first is a decode row
+    assert widths[:len(widths) // 2] == [3] * (len(widths) // 2)  # the first half: always full
+
+
+def test_the_cache_is_allocated_once_and_reused(tiny_ckpt, monkeypatch):
+    from reasoning import model as model_module
+    made = []
+
+    class Counting(model_module.KVCache):
+        def __init__(self, *args, **kwargs):
+            made.append(args[:2])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "KVCache", Counting)
+    g = Generator(load_model(tiny_ckpt), Tokenizer(tiny_ckpt), batch_size=4)
+    cfg = SamplingConfig(max_new_tokens=20, temperature=1.0, stop_strings=("e",))
+    g.generate(MIXED, cfg, n=2)  # the largest call first: 4 slots, the longest prompt + 20
+    layers = len(g.model.layers)
+    assert len(made) == layers and made[0][0] == 4
+    ptr = g.model.layers[0].self_attn.kv_cache.k_cache.data_ptr()
+    for prompts, n in ((MIXED[:3], 1), (MIXED, 1), (MIXED[2:5], 2), ([MIXED[0]], 1)):
+        g.generate(prompts, cfg, n=n)
+    assert len(made) == layers and g.model.layers[0].self_attn.kv_cache.k_cache.data_ptr() == ptr
+    g.generate(MIXED, SamplingConfig(max_new_tokens=200))  # a longer context: grown once, to the larger size
+    assert len(made) == 2 * layers and made[-1][0] == 4

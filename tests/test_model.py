@@ -72,16 +72,31 @@ def test_cached_decode_equals_full_forward(tiny_ckpt, prefix_only):
     assert torch.allclose(torch.cat(step, 1), full, atol=1e-4)
 
 
-def test_left_padding_does_not_change_a_row(tiny_ckpt):
+def test_a_row_does_not_depend_on_its_slot_its_padding_or_its_neighbours(tiny_ckpt):
+    """Right-padded prefill into chosen slots, then decode steps at per-row positions, give each row
+    what it gets alone in slot 0 (continuous batching relies on it)."""
     model = load_model(tiny_ckpt)
-    a = torch.randint(1, 320, (1, 6))
-    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), a], 1)
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randint(1, 320, (6,), generator=g), torch.randint(1, 320, (10,), generator=g)
+    nxt = torch.randint(1, 320, (2, 3), generator=g)  # three decode tokens for each row
     with torch.no_grad():
         model.setup_caches(1, 32)
-        alone = model(a, torch.arange(6))
-        model.setup_caches(1, 48)
-        with_pad = model(padded, torch.arange(10), torch.tensor([4]))
-    assert torch.allclose(alone, with_pad[:, 4:], atol=1e-5)
+        alone = [model(a[None], torch.arange(6), kv_len=6)[:, -1]]
+        for t in range(3):
+            alone.append(model(nxt[:1, t:t + 1], torch.tensor([6 + t]), kv_len=7 + t)[:, -1])
+        model.setup_caches(4, 64)
+        idx = torch.zeros(2, 10, dtype=torch.long)
+        idx[0, :6], idx[1] = a, b  # row a right-padded with 4 zeros
+        slots = torch.tensor([3, 1])
+        first = model(idx, torch.arange(10), slots=slots, kv_len=10, logits_at=torch.tensor([5, 9]))[:, 0]
+        for c in model.kv_caches():  # compaction: slots 3, 1 -> 0, 1 (row a's padding comes along)
+            c.copy_rows(torch.tensor([3, 1]), torch.tensor([0, 1]), 10)
+        together = [first[:1]]
+        for t in range(3):
+            pos = torch.tensor([[6 + t], [10 + t]])
+            together.append(model(nxt[:, t:t + 1], pos, kv_len=11 + t)[:1, -1])
+    for x, y in zip(alone, together):
+        assert torch.allclose(x, y, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
