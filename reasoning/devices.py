@@ -19,18 +19,39 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
+def default_device() -> str:
+    """What `device: auto` means, as the book's `get_device()` chooses: CUDA, then an Apple-silicon
+    GPU (MPS), then the CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """(torch.device, torch.dtype) from params strings; `auto` = CUDA + bf16 when present, else CPU + fp32.
+    """(torch.device, torch.dtype) from params strings. device `auto`: `default_device()`; dtype `auto`:
+    bfloat16 on CUDA, float32 on MPS and CPU. ValueError naming the fix for a device this machine
+    lacks or a dtype name not in DTYPES.
 
     fp32 is the CPU default on purpose: bf16 matrix-matrix products are several times slower
     than fp32 on CPUs without AMX (measured), and training needs fp32 master weights there anyway.
+    On MPS, bf16 needs macOS 14 or later and float16 training needs loss scaling, so fp32 is the
+    default that works everywhere (set dtype: bfloat16 to try it). MPS has no float64 tensors:
+    the code paths that run on the device never ask for them.
     """
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        device = default_device()
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is unknown; use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available; set device: cpu (or auto)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' requested but this machine has no Apple-silicon GPU available to torch "
+                         "(torch.backends.mps.is_available() is False); set device: cpu (or auto)")
     if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        dtype = "bfloat16" if kind == "cuda" else "float32"
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is unknown; use one of auto, {', '.join(sorted(DTYPES))}")
     return torch.device(device), DTYPES[dtype]

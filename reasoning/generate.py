@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .devices import DTYPES, checkpoint_dtype, peak_memory_bytes, resolve_device
+from .devices import DTYPES, checkpoint_dtype, default_device, peak_memory_bytes, resolve_device
 from .model import Qwen3
 from .seeds import sample_seed
 from .tokenizer import Tokenizer
@@ -142,7 +142,7 @@ def sample_rows(logits: Tensor, cfg: SamplingConfig, generators: Sequence[torch.
     else:
         probs = logits.softmax(-1)
     cdf = probs.cumsum(-1)  # CPU accumulates fp32 cumsums in double
-    target = u.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
+    target = u.to(cdf.dtype).to(cdf.device)[:, None] * cdf[:, -1:]  # cast on the host: MPS has no float64
     pick = torch.searchsorted(cdf, target).clamp(max=cdf.shape[-1] - 1)  # first index with cdf >= target
     return (pick if ids is None else ids.gather(-1, pick))[:, 0]
 
@@ -451,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
                     help="weights' dtype (auto: bfloat16 on CUDA, else the checkpoint's own)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=default_device(),
+                    help="cpu, cuda[:N] or mps (default: CUDA, then Apple-silicon MPS, then the CPU)")
     ap.add_argument("--compile", action="store_true", help="compile the decode step with torch.compile")
     ap.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="auto",
                     help="precision of the weight matmuls (auto: the faster of the weights' dtype and "
