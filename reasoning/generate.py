@@ -411,6 +411,41 @@ class Generator:
         return text
 
 
+class TextStream:
+    """Incremental decoding for printing tokens as they come: `push` each token id, write what it
+    returns; `flush` at the end. The printed pieces join to `tokenizer.decode` of the ids pushed
+    (those in `skip` left out).
+
+    A token can end inside a multi-byte character (byte-level BPE splits UTF-8 anywhere); such text
+    decodes with a trailing U+FFFD and is held back until the rest arrives, or until `flush` (a
+    generation cut off mid-character). Each push decodes only the ids since the last piece written,
+    with the piece before it as context, so streaming stays linear in the output's length.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip: Sequence[int] = ()):
+        self.tokenizer, self.skip = tokenizer, frozenset(skip)
+        self.ids: list[int] = []
+        self._prefix = 0  # ids[_prefix:_read] decode to the last piece written: context for the next
+        self._read = 0  # ids before this index have been written
+
+    def push(self, token: int) -> str:
+        if token not in self.skip:
+            self.ids.append(token)
+        seen = self.tokenizer.decode(self.ids[self._prefix:self._read])
+        text = self.tokenizer.decode(self.ids[self._prefix:])
+        if len(text) <= len(seen) or text.endswith("\ufffd"):  # nothing new, or a character still cut
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return text[len(seen):]
+
+    def flush(self) -> str:
+        """What is held back (a cut multi-byte character, as U+FFFD); the stream then starts afresh."""
+        seen = self.tokenizer.decode(self.ids[self._prefix:self._read])
+        text = self.tokenizer.decode(self.ids[self._prefix:])
+        self._prefix = self._read = len(self.ids)
+        return text[len(seen):]
+
+
 class GenerationSettings(Protocol):
     """The fields every generating config (evaluation, scaling, engine teacher) shares."""
 
@@ -477,25 +512,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         gen.generate([text], SamplingConfig(max_new_tokens=2))
     setup = time.perf_counter() - t0
 
-    emitted: list[int] = []
-    shown = ""
-
-    def visible() -> str:
-        return tok.decode([x for x in emitted if x not in tok.stop_ids])
+    text_stream = TextStream(tok, skip=tok.stop_ids)
 
     def stream(_p: int, _s: int, t: int) -> None:  # print text as it is produced
-        nonlocal shown
-        emitted.append(t)
-        now = visible()
-        if not now.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            sys.stdout.write(now[len(shown):])
-            sys.stdout.flush()
-            shown = now
+        sys.stdout.write(text_stream.push(t))
+        sys.stdout.flush()
 
     t0 = time.perf_counter()
     [[c]] = gen.generate([text], sampling, seeds=[args.seed], stream=stream)
     dt = time.perf_counter() - t0
-    sys.stdout.write(visible()[len(shown):])  # what a cut-off multi-byte character held back
+    sys.stdout.write(text_stream.flush())  # what a cut-off multi-byte character held back
     sys.stdout.flush()
     print(f"\n\n[{len(c.tokens)} tokens in {dt:.2f}s: {len(c.tokens) / dt:.1f} tok/s, "
           f"finish={c.finish_reason}, prompt {len(tok.encode(text))} tokens; set-up {setup:.2f}s apart; "

@@ -77,3 +77,7 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True,
+                            enable_thinking: bool = True) -> str:
+        return render_chat(messages, add_generation_prompt, enable_thinking)

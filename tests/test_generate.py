@@ -10,7 +10,7 @@ import torch
 from reasoning import generate as generate_module
 from reasoning.devices import checkpoint_dtype
 from reasoning.generate import (NUCLEUS_PREFIX, Completion, Generator, SamplingConfig,
-                                fastest_matmul_dtype, main, sample_rows)
+                                TextStream, fastest_matmul_dtype, main, sample_rows)
 from reasoning.model import Qwen3
 from reasoning.prompts import PromptConfig, render
 from reasoning.tokenizer import Tokenizer
@@ -262,6 +262,22 @@ def test_cli_prints_a_cut_multibyte_tail_and_the_checkpoint_dtype(tiny_ckpt, tmp
     assert checkpoint_dtype(tiny_ckpt, "cuda") == torch.bfloat16
     main(["--model", str(bf16), "--prompt", "hi", "--device", "cpu", "--matmul-dtype", "model"])
     assert seen_dtypes == [torch.float32, torch.bfloat16]
+
+
+def test_text_stream_pieces_join_to_the_decoded_text_holding_back_cut_characters(tiny_ckpt):
+    tok = Tokenizer(tiny_ckpt)
+    ids = tok.encode("ok é, 汥 and ü!") + [tok.im_end_id]
+    stream = TextStream(tok, skip=tok.stop_ids)
+    pieces = [stream.push(t) for t in ids]
+    assert "".join(pieces) + stream.flush() == tok.decode(ids[:-1])  # the stop token is not text
+    assert not any("\ufffd" in p for p in pieces)  # a multi-byte character waits until it is whole
+    assert sum(map(bool, pieces)) > 5  # and the text streams: pieces come as characters complete
+    # cut inside a character: nothing shows until flush, which gives the replacement character
+    assert len(tok.encode("汥")) > 1
+    first_byte = tok.encode("汥")[:1]
+    stream = TextStream(tok)
+    assert [stream.push(t) for t in tok.encode("a ") + first_byte][-1] == ""
+    assert stream.flush() == "\ufffd" and stream.flush() == ""
 
 
 @pytest.mark.parametrize("field, value", [
