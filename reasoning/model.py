@@ -314,8 +314,9 @@ class Qwen3(nn.Module):
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None) -> None:
         """Static KV caches of at least `max_batch_size` slots x `max_seq_length` positions: kept when
         the ones allocated already are that large (and of `dtype`, default the weights'), else
-        re-allocated at the larger of the old and the new size in each dimension, so a model's
-        caches are allocated a few times at most over any number of generations."""
+        re-allocated at the larger of the old and the new size in each dimension, positions at least
+        doubling (up to max_position_embeddings), so a model's caches are allocated a few times at most
+        over any number of generations, even a chat whose history grows turn by turn."""
         dtype = dtype or self.embed_tokens.weight.dtype
         cache = self.layers[0].self_attn.kv_cache
         if cache is not None and cache.k_cache.dtype == dtype and cache.k_cache.device == self.device \
@@ -323,6 +324,9 @@ class Qwen3(nn.Module):
             return
         if cache is not None and cache.k_cache.dtype == dtype:
             max_batch_size = max(max_batch_size, self.max_batch_size)
+            if max_seq_length > self.max_seq_length:
+                max_seq_length = max(max_seq_length, min(2 * self.max_seq_length,
+                                                         self.config.max_position_embeddings))
             max_seq_length = max(max_seq_length, self.max_seq_length)
         for layer in self.layers:  # free the old buffers before allocating the new: one cache at a time
             layer.self_attn.kv_cache = None

@@ -381,4 +381,6 @@ def test_the_cache_is_allocated_once_and_reused(tiny_ckpt, monkeypatch):
         g.generate(prompts, cfg, n=n)
     assert len(made) == layers and g.model.layers[0].self_attn.kv_cache.k_cache.data_ptr() == ptr
     g.generate(MIXED, SamplingConfig(max_new_tokens=200))  # a longer context: grown once, to the larger size
-    assert len(made) == 2 * layers and made[-1][0] == 4
+    assert len(made) == 2 * layers and made[-1][0] == 4 and made[-1][1] >= 2 * made[0][1]
+    g.generate(["x"], SamplingConfig(max_new_tokens=made[-1][1] - 64))  # up to the grown size: kept
+    assert len(made) == 2 * layers
