@@ -30,7 +30,7 @@ from typing import Any
 
 from .config import stable_hash
 from .files import read_jsonl, write_jsonl
-from .generate import Generator, SamplingConfig
+from .generate import Generator, SamplingConfig, check_matmul_dtype
 from .grading import GRADER_NAME, GRADER_VERSION
 from .metrics import accuracy_summary
 from .prompts import PromptConfig
@@ -48,9 +48,11 @@ class EvalConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    matmul_dtype: str = "model"  # model | auto | bfloat16 | int8 ...: the weight matmuls' precision (generate.Generator)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_matmul_dtype(self.matmul_dtype, "evaluate.matmul_dtype")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"evaluate.limit must be a positive number of problems or null (all), "
                              f"got {self.limit}")

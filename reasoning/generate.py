@@ -42,11 +42,10 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .devices import DTYPES, checkpoint_dtype, default_device, peak_memory_bytes, resolve_device
-from .model import Qwen3
+from .model import Qwen3, linear_as
 from .seeds import sample_seed
 from .tokenizer import Tokenizer
 from .weights import load_model, model_id, resolve
@@ -147,20 +146,37 @@ def sample_rows(logits: Tensor, cfg: SamplingConfig, generators: Sequence[torch.
     return (pick if ids is None else ids.gather(-1, pick))[:, 0]
 
 
-MATMUL_DTYPES = ("model", "auto", *DTYPES)
+MATMUL_WEIGHTS: dict[str, torch.dtype] = {**DTYPES, "int8": torch.int8}
+"""What a Generator's weight matmuls can multiply by: a dtype copy of the weights, or their per-channel
+int8 quantization (model.Int8Weight)."""
+MATMUL_DTYPES = ("model", "auto", *MATMUL_WEIGHTS)
+AUTO_CANDIDATES = (torch.bfloat16, torch.int8)  # what "auto" weighs against the weights' own dtype
 
 _FASTEST: dict[tuple, torch.dtype | None] = {}  # auto's measurements, shared by the process's generators
 
 
+def check_matmul_dtype(value: str, setting: str = "matmul_dtype") -> None:
+    """ValueError naming `setting` and the choices unless `value` is one of MATMUL_DTYPES."""
+    if value not in MATMUL_DTYPES:
+        raise ValueError(f"{setting}: {value!r} is not one of {', '.join(MATMUL_DTYPES)} (model: the weights "
+                         "as loaded; auto: the fastest, measured on this machine; int8: weight-only int8)")
+
+
 def _fastest(candidates: dict, device: torch.device, reps: int = 5):
     """The key of the fastest of `candidates` (callables). They run interleaved and each scores
-    its best time, so a burst of load from other processes cannot favour one of them."""
+    its best time, so a burst of load from other processes cannot favour one of them. A candidate
+    that fails on this device (a kernel it lacks) is left out."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for fn in candidates.values():
-        fn()  # warm-up: the first call of a shape builds its kernel
-    best = dict.fromkeys(candidates, float("inf"))
+    runnable = {}
+    for key, fn in candidates.items():
+        try:
+            fn()  # warm-up: the first call of a shape builds its kernel
+        except (RuntimeError, NotImplementedError):
+            continue
+        runnable[key] = fn
+    best = dict.fromkeys(runnable, float("inf"))
     for _ in range(reps):
-        for key, fn in candidates.items():
+        for key, fn in runnable.items():
             sync()
             t0 = time.perf_counter()
             fn()
@@ -170,29 +186,33 @@ def _fastest(candidates: dict, device: torch.device, reps: int = 5):
 
 
 def fastest_matmul_dtype(model: Qwen3, rows: int,
-                         candidate: torch.dtype = torch.bfloat16) -> torch.dtype | None:
-    """`candidate`, or None (the weights' own dtype), whichever multiplies `rows` rows by the
-    model's weights faster; measured once per (device, shapes, dtypes, row bucket).
+                         candidates: Sequence[torch.dtype] = AUTO_CANDIDATES) -> torch.dtype | None:
+    """The fastest way to multiply `rows` rows by the model's weights: one of `candidates` (a dtype
+    copy, or torch.int8 for the int8 quantization), or None (the weights' own dtype); measured once
+    per (device, shapes, dtypes, row bucket).
 
     Timed on the MLP weights of the first blocks, at least 64 MB of them so that they do not sit
-    in the CPU's cache: a decode step streams every weight from memory.
+    in the CPU's cache: a decode step streams every weight from memory. Activations enter in the
+    model's dtype, so the casts each candidate needs are part of its time.
     """
     weight = model.layers[0].mlp.gate_proj.weight
-    if weight.dtype == candidate:
+    others = tuple(c for c in candidates if c != weight.dtype)
+    if not others:
         return None
     bucket = min(1 << (rows - 1).bit_length(), 256)  # from ~256 rows on, matmuls are compute-bound
-    key = (weight.device, tuple(weight.shape), len(model.layers), weight.dtype, candidate, bucket)
+    key = (weight.device, tuple(weight.shape), len(model.layers), weight.dtype, others, bucket)
     if key not in _FASTEST:
         mlps = [m for layer in model.layers for m in (layer.mlp.gate_proj, layer.mlp.up_proj,
                                                      layer.mlp.down_proj)]
         per = weight.numel() * weight.element_size()
         mlps = mlps[:max(1, -(-(64 << 20) // per))]
+        xs = {m.in_features: torch.randn(bucket, m.in_features, dtype=weight.dtype, device=weight.device)
+              for m in mlps}
 
-        def step(dt: torch.dtype) -> Callable[[], object]:
-            ws = [m.weight_as(dt) for m in mlps]
-            xs = {w.shape[1]: torch.randn(bucket, w.shape[1], dtype=dt, device=weight.device) for w in ws}
-            return lambda: [F.linear(xs[w.shape[1]], w) for w in ws]
-        _FASTEST[key] = _fastest({None: step(weight.dtype), candidate: step(candidate)}, weight.device)
+        def step(dt: torch.dtype | None) -> Callable[[], object]:
+            ws = [(m.in_features, m.weight if dt is None else m.weight_as(dt)) for m in mlps]
+            return lambda: [linear_as(xs[k], w) for k, w in ws]
+        _FASTEST[key] = _fastest({dt: step(dt) for dt in (None, *others)}, weight.device)
     return _FASTEST[key]
 
 
@@ -211,11 +231,13 @@ class Generator:
     """Holds a model, its tokenizer and the (optionally compiled) decode step.
 
     matmul_dtype: precision of the weight matmuls while generating. "model": the weights as they
-    are (exact); "auto": bfloat16 copies wherever they measure faster for the rows at hand (per
-    prefill and per decode batch size); or a dtype name, always. The copies cost 2 bytes per
-    parameter of memory and stay cached on the model; their results are within bf16 rounding of
-    fp32, so greedy tokens can differ where two candidates are nearly tied. "auto" is measured
-    per process: pin a dtype where runs must be bit-identical across machines.
+    are (exact); "auto": whichever of the weights, bfloat16 copies and int8 quantizations measures
+    fastest for the rows at hand (per prefill and per decode batch size); or one of them, always
+    (a dtype name, or "int8"). A bf16 copy costs 2 bytes per parameter of memory, an int8 one 1
+    byte; copies stay cached on the model. Their results are within rounding (bf16: ~3 digits;
+    int8: ~1% of a row's largest weight) of the weights', so greedy tokens can differ where two
+    candidates are nearly tied. "auto" is measured per process: pin a choice where runs must be
+    bit-identical across machines.
 
     model_id: the checkpoint's identity (weights.model_id; `load_generator` sets it); evaluation
     stores it in every record, so resumed files never mix two models. "" for a model in training.
@@ -223,8 +245,7 @@ class Generator:
 
     def __init__(self, model: Qwen3, tokenizer: Tokenizer, compile: bool = False, batch_size: int = 32,
                  matmul_dtype: str = "model", model_id: str = ""):
-        if matmul_dtype not in MATMUL_DTYPES:
-            raise ValueError(f"matmul_dtype {matmul_dtype!r} is not one of {MATMUL_DTYPES}")
+        check_matmul_dtype(matmul_dtype)
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
         self.model_id = model_id  # weights.model_id of the checkpoint, stored in every record
         self.matmul_dtype = matmul_dtype
@@ -247,7 +268,7 @@ class Generator:
         elif self.matmul_dtype == "auto":
             dtype = fastest_matmul_dtype(self.model, rows)
         else:
-            dtype = DTYPES[self.matmul_dtype]
+            dtype = MATMUL_WEIGHTS[self.matmul_dtype]
         if dtype != self._active:
             self.model.set_matmul_dtype(dtype)
             self._active = dtype
@@ -453,6 +474,7 @@ class GenerationSettings(Protocol):
     dtype: str
     compile: bool
     batch_size: int
+    matmul_dtype: str
 
 
 def load_generator(source: str | Path, settings: GenerationSettings, setting: str = "--model") -> Generator:
@@ -464,7 +486,7 @@ def load_generator(source: str | Path, settings: GenerationSettings, setting: st
     ckpt = resolve(str(source), setting=setting)
     device, dtype = resolve_device(settings.device, settings.dtype)
     return Generator(load_model(ckpt, dtype, device), Tokenizer(ckpt), compile=settings.compile,
-                     batch_size=settings.batch_size, model_id=model_id(ckpt))
+                     batch_size=settings.batch_size, matmul_dtype=settings.matmul_dtype, model_id=model_id(ckpt))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from .checkpoint import Dist, StepLog, resume, run_settings, save_checkpoint, training_setup
 from .config import stable_hash
-from .generate import GREEDY_BELOW, Completion, Generator, SamplingConfig
+from .generate import GREEDY_BELOW, Completion, Generator, SamplingConfig, check_matmul_dtype
 from .grading import grade
 from .metrics import compare_records
 from .model import Qwen3
@@ -84,6 +84,9 @@ class GRPOConfig:
     """Sequences per generation batch on one process (memory knob)."""
     compile: bool = False
     """Compile the engine's decode step."""
+    matmul_dtype: str = "model"
+    """Precision of the rollouts' weight matmuls (generate.Generator): model (the policy's weights,
+    exact), auto (the fastest measured), bfloat16 or int8 copies, re-made after each optimizer step."""
 
     # --- rewards
     reward_funcs: tuple[str, ...] = ("correct",)
@@ -166,6 +169,7 @@ class GRPOConfig:
                                            "generation_batch_size", "gradient_checkpointing", "compile")
 
     def __post_init__(self) -> None:
+        check_matmul_dtype(self.matmul_dtype, "grpo.train.matmul_dtype")
         choices = {"loss_type": LOSSES, "scale_rewards": SCALES, "dynamic_sampling": DYNAMIC_SAMPLING,
                    "multi_objective_aggregation": AGGREGATIONS}
         problems = [f"{name} {getattr(self, name)!r} is unknown; use one of {sorted(allowed)}"
@@ -677,7 +681,8 @@ def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, row
         state = {k: saved[k] for k in state}
     resumed_from = state["step"]
     stream.pos = state["data_position"]
-    generator = Generator(model, tokenizer, compile=cfg.compile, batch_size=cfg.generation_batch_size)
+    generator = Generator(model, tokenizer, compile=cfg.compile, batch_size=cfg.generation_batch_size,
+                          matmul_dtype=cfg.matmul_dtype)
     emit = StepLog(out_dir, resumed_from, comm.rank, log)
 
     def evaluate_now() -> dict[str, float]:

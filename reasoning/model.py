@@ -18,8 +18,9 @@ Design choices:
   shares each K/V head with its query heads inside SDPA (`enable_gqa`) instead of copying the
   cache `n_heads / n_kv_heads` times per step: both costs grow with the context.
 - The weights stay in the model's dtype (fp32: exact, the training copy); `set_matmul_dtype`
-  makes the Linear layers multiply by cached copies in another dtype, so generation can use
-  bf16 matmuls where they are faster on the hardware (see generate.py) without a second model.
+  makes the Linear layers multiply by cached copies in another dtype (bf16, or weight-only int8
+  with per-channel scales), so generation reads fewer bytes per token where that is faster on
+  the hardware (see generate.py) without a second model.
 - `forward(idx)` without `input_pos` is the training/scoring path: full causal attention, no
   cache, optional gradient checkpointing per block.
 """
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -145,8 +146,36 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+class Int8Weight(NamedTuple):
+    """A weight quantized to int8 per output channel (symmetric): w ~= q * scales[:, None].
+
+    The weight-only int8 scheme of gpt-fast's quantize.py (and LLM.int8()'s per-row absmax): each
+    output row keeps its own scale, so one large row does not crush the resolution of the others.
+    Multiplied by `torch._weight_int8pack_mm` with bf16 activations: half the bytes of bf16 weights
+    per decode step, a quarter of fp32's."""
+
+    q: Tensor  # (out, in) int8
+    scales: Tensor  # (out,) bfloat16
+
+    @classmethod
+    def quantize(cls, w: Tensor) -> Int8Weight:
+        w = w.detach().float()
+        scales = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+        q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
+        return cls(q, scales.to(torch.bfloat16))
+
+
+def linear_as(x: Tensor, w: Tensor | Int8Weight) -> Tensor:
+    """x @ w.T with `w` in its own precision (a dtype copy or an Int8Weight); the result in x's dtype."""
+    if isinstance(w, Int8Weight):
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        return torch._weight_int8pack_mm(flat, w.q, w.scales).reshape(*x.shape[:-1], -1).to(x.dtype)
+    return F.linear(x.to(w.dtype), w).to(x.dtype)  # activations (residual stream) keep their dtype
+
+
 class Linear(nn.Linear):
-    """Bias-free nn.Linear that can multiply by a copy of its weight in another dtype.
+    """Bias-free nn.Linear that can multiply by a copy of its weight in another dtype, or by an int8
+    quantization of it (`torch.int8`: Int8Weight).
 
     The copy is made on first use and re-made only when the weight changes (its storage or its
     version counter, which optimizer steps bump), so a model trained between generations never
@@ -156,25 +185,26 @@ class Linear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
-        self.compute_weight: Tensor | None = None  # None: multiply by self.weight itself
-        self._copy: Tensor | None = None
+        self.compute_weight: Tensor | Int8Weight | None = None  # None: multiply by self.weight itself
+        self._copy: Tensor | Int8Weight | None = None
         self._copy_key: tuple | None = None
 
-    def weight_as(self, dtype: torch.dtype) -> Tensor:
+    def weight_as(self, dtype: torch.dtype) -> Tensor | Int8Weight:
         w = self.weight
         if w.dtype == dtype:
             return w
         key = (dtype, w.device, w.data_ptr(), None if w.is_inference() else w._version)
         if self._copy_key != key:
             self._copy, self._copy_key = None, None  # free the old copy before making the new one
-            self._copy, self._copy_key = w.detach().to(dtype), key
+            copy = Int8Weight.quantize(w) if dtype == torch.int8 else w.detach().to(dtype)
+            self._copy, self._copy_key = copy, key
         return self._copy
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.compute_weight
         if w is None:
             return F.linear(x, self.weight)
-        return F.linear(x.to(w.dtype), w).to(x.dtype)  # activations (residual stream) keep their dtype
+        return linear_as(x, w)
 
 
 class KVCache(nn.Module):
@@ -337,7 +367,8 @@ class Qwen3(nn.Module):
         self._ensure_rope(max_seq_length)
 
     def set_matmul_dtype(self, dtype: torch.dtype | None) -> None:
-        """Linear layers multiply by cached `dtype` copies of their weights (None: by the weights).
+        """Linear layers multiply by cached `dtype` copies of their weights (None: by the weights;
+        torch.int8: by per-channel int8 quantizations, see Int8Weight).
 
         Activations, norms, attention and the KV cache keep the model's dtype; only the weight
         matmuls change precision. Switching back to None keeps the copies for the next switch.

@@ -44,7 +44,7 @@ import torch
 
 from .config import from_dict, stable_hash
 from .evaluate import metrics_from_records
-from .generate import Completion, SamplingConfig
+from .generate import Completion, SamplingConfig, check_matmul_dtype
 from .grading import answers_equivalent, extract_answer
 from .files import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from .metrics import answer_classes, compare_records, mean_pass_at_k
@@ -147,9 +147,11 @@ class ScalingConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    matmul_dtype: str = "model"  # model | auto | bfloat16 | int8 ...: the weight matmuls' precision (generate.Generator)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_matmul_dtype(self.matmul_dtype, "inference_scaling.matmul_dtype")
         # from_dict leaves a list of mappings as dicts: build the methods here
         methods = tuple(from_dict(MethodConfig, m, f"inference_scaling.methods[{i}]") if isinstance(m, dict)
                         else m for i, m in enumerate(self.methods))

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from .data import normalize_problem
 from .endpoint import ChatClient, EndpointConfig
 from .files import read_json, read_jsonl, sha256_file
-from .generate import Generator, SamplingConfig, load_generator
+from .generate import Generator, SamplingConfig, check_matmul_dtype, load_generator
 from .hub import HubError
 from .prompts import COT_SUFFIX, PromptConfig, render
 
@@ -42,9 +42,11 @@ class TeacherConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    matmul_dtype: str = "model"  # engine: model | auto | bfloat16 | int8 ...: the weight matmuls' precision (generate.Generator)
     batch_size: int = 64  # engine: sequences (problems x n) decoded together
 
     def __post_init__(self) -> None:
+        check_matmul_dtype(self.matmul_dtype, "teacher_traces.teacher.matmul_dtype")
         if self.kind not in ("engine", "endpoint", "file"):
             raise ValueError(f"teacher kind {self.kind!r} is unknown; use 'engine', 'endpoint' or 'file'")
         if self.kind == "endpoint" and self.prompt.template != "chat":

@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     def held_out_metrics(m) -> dict:
         if not generator:
-            generator.append(Generator(m, tok, compile=cfg.eval.compile, batch_size=cfg.eval.batch_size))
+            generator.append(Generator(m, tok, compile=cfg.eval.compile, batch_size=cfg.eval.batch_size,
+                                       matmul_dtype=cfg.eval.matmul_dtype))
         records, metrics = evaluate(generator[0], held_out, cfg.eval, progress=False)
         if not start_records.exists():  # the first evaluation is the starting model's (kept for a resume)
             write_jsonl(start_records, records)

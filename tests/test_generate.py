@@ -117,15 +117,16 @@ def test_top_p_nucleus_wider_than_the_candidate_prefix():
     assert max(rank[t] for t in picks) >= NUCLEUS_PREFIX  # the tail beyond the prefix is reachable
 
 
-def test_bf16_matmuls_stay_close_to_fp32(gen):
-    low = Generator(gen.model, gen.tokenizer, batch_size=16, matmul_dtype="bfloat16")
+@pytest.mark.parametrize("matmul_dtype", ["bfloat16", "int8"])
+def test_low_precision_matmuls_stay_close_to_fp32(gen, matmul_dtype):
+    low = Generator(gen.model, gen.tokenizer, batch_size=16, matmul_dtype=matmul_dtype)
     cfg = SamplingConfig(max_new_tokens=16)
     exact, approx = gen.generate(PROMPTS, cfg), low.generate(PROMPTS, cfg)
     agree = 0
     for [a], [b] in zip(exact, approx):
         same = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), len(a.tokens))
         agree += same
-        # while the sequences agree, so do the token probabilities, to bf16 precision
+        # while the sequences agree, so do the token probabilities, to bf16/int8 precision
         p_exact, p_bf16 = torch.tensor(a.logprobs[:same]).exp(), torch.tensor(b.logprobs[:same]).exp()
         assert torch.allclose(p_bf16, p_exact, rtol=0, atol=0.05)
     assert agree >= 0.5 * sum(len(a.tokens) for [a] in exact)
@@ -134,7 +135,7 @@ def test_bf16_matmuls_stay_close_to_fp32(gen):
 
 
 def test_auto_matmul_dtype_is_measured_and_valid(gen, monkeypatch):
-    assert fastest_matmul_dtype(gen.model, 1) in (None, torch.bfloat16)
+    assert fastest_matmul_dtype(gen.model, 1) in (None, torch.bfloat16, torch.int8)
     measured, applied = [], []  # (rows, measured dtype) per forward; dtypes the model was switched to
 
     def measure(model, rows):
@@ -167,11 +168,12 @@ def test_auto_matmul_dtype_is_measured_and_valid(gen, monkeypatch):
     if chosen == {None}:
         [[exact]] = gen.generate([PROMPTS[0]], cfg)
         assert c == exact
-    elif chosen == {torch.bfloat16}:
-        [[low]] = Generator(gen.model, gen.tokenizer, matmul_dtype="bfloat16").generate([PROMPTS[0]], cfg)
+    elif len(chosen) == 1:
+        pinned = {torch.bfloat16: "bfloat16", torch.int8: "int8"}[chosen.pop()]
+        [[low]] = Generator(gen.model, gen.tokenizer, matmul_dtype=pinned).generate([PROMPTS[0]], cfg)
         assert c == low
-    with pytest.raises(ValueError, match="matmul_dtype"):
-        Generator(gen.model, gen.tokenizer, matmul_dtype="int8")
+    with pytest.raises(ValueError, match="matmul_dtype: 'int4' is not one of model, auto"):
+        Generator(gen.model, gen.tokenizer, matmul_dtype="int4")
 
 
 def test_stop_strings_and_streaming(gen):

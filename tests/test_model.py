@@ -108,29 +108,31 @@ def test_low_precision_close_to_fp32(tiny_ckpt, dtype):
     assert (ref.softmax(-1) - low.softmax(-1)).abs().max() < 0.05
 
 
-def test_bf16_matmuls_close_to_fp32_and_weights_untouched(tiny_ckpt):
+@pytest.mark.parametrize("low_dtype", [torch.bfloat16, torch.int8])
+def test_low_precision_matmuls_close_to_fp32_and_weights_untouched(tiny_ckpt, low_dtype):
     model = load_model(tiny_ckpt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     idx = torch.randint(0, 320, (2, 10), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         ref = model(idx)
-        model.set_matmul_dtype(torch.bfloat16)
+        model.set_matmul_dtype(low_dtype)
         low = model(idx)
         model.set_matmul_dtype(None)
         again = model(idx)
-    assert low.dtype == torch.float32 and not torch.equal(low, ref)  # the bf16 copies were used...
-    assert (ref.softmax(-1) - low.softmax(-1)).abs().max() < 0.05  # ...within bf16 rounding
+    assert low.dtype == torch.float32 and not torch.equal(low, ref)  # the low-precision copies were used...
+    assert (ref.softmax(-1) - low.softmax(-1)).abs().max() < 0.05  # ...within their rounding
     assert torch.equal(again, ref)  # and switching back is exact
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
 
 
-def test_bf16_copies_follow_weight_updates(tiny_ckpt):
+@pytest.mark.parametrize("low_dtype", [torch.bfloat16, torch.int8])
+def test_low_precision_copies_follow_weight_updates(tiny_ckpt, low_dtype):
     """An optimizer step between generations (as in RL) must not leave stale low-precision copies."""
     model = load_model(tiny_ckpt)
     idx = torch.randint(0, 320, (1, 8), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        model.set_matmul_dtype(torch.bfloat16)
+        model.set_matmul_dtype(low_dtype)
         old = model(idx)
         model.set_matmul_dtype(None)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -138,7 +140,7 @@ def test_bf16_copies_follow_weight_updates(tiny_ckpt):
     opt.step()
     with torch.no_grad():
         ref = model(idx)
-        model.set_matmul_dtype(torch.bfloat16)
+        model.set_matmul_dtype(low_dtype)
         new = model(idx)
     assert (new.softmax(-1) - ref.softmax(-1)).abs().max() < 0.05
     assert (new.softmax(-1) - old.softmax(-1)).abs().max() > 0.05  # the update moved the outputs
@@ -247,3 +249,22 @@ def test_load_refuses_non_finite_weights(tmp_path, tiny_tokenizer_path):
         assert not torch.isfinite(sf.get_tensor("model.norm.weight")).all()
     with pytest.raises(CheckpointError, match=r"model\.norm\.weight.*50 non-finite"):
         load_model(ckpt)
+
+
+def test_int8_quantization_is_per_channel_and_within_half_a_step():
+    from reasoning.model import Int8Weight, linear_as
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 64, generator=g)
+    w[1] *= 100  # one large row must not cost the others their resolution
+    w[4] = 0  # an all-zero row quantizes to zeros, not NaN
+    q = Int8Weight.quantize(w)
+    assert q.q.dtype == torch.int8 and q.q.shape == w.shape and q.scales.shape == (6,)
+    back = q.q.float() * q.scales.float()[:, None]
+    step = w.abs().amax(1) / 127
+    # within half a quantization step, plus the bf16 rounding of the scale (2^-8 relative)
+    assert ((back - w).abs() <= step[:, None] * (0.5 + 127 * 2 ** -8) + 1e-12).all()
+    assert torch.equal(q.q[4], torch.zeros(64, dtype=torch.int8))
+    x = torch.randn(3, 5, 64, generator=g)
+    y = linear_as(x, q)
+    assert y.shape == (3, 5, 6) and y.dtype == torch.float32
+    assert torch.allclose(y, x @ back.T, rtol=0.02, atol=0.02 * (x @ back.T).abs().max().item())
