@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .devices import resolve_device
+from .devices import rank_device, resolve_device
 from .files import JsonlAppender, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from .model import Qwen3
 from .weights import load_model, save_model
@@ -64,6 +64,14 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """`obj` of every rank, in rank order (picklable Python objects of our own making only)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
@@ -86,7 +94,7 @@ def training_setup(device_name: str, dtype_name: str,
     comm = Dist(device)
     try:
         if device.type == "cuda" and comm.world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            device = rank_device(device)
             torch.cuda.set_device(device)
         yield device, dtype, comm
     finally:

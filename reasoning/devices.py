@@ -8,6 +8,7 @@ same names and give the same error for an unknown one.
 from __future__ import annotations
 
 import json
+import os
 import resource
 from pathlib import Path
 
@@ -55,6 +56,14 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is unknown; use one of auto, {', '.join(sorted(DTYPES))}")
     return torch.device(device), DTYPES[dtype]
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Under torchrun (LOCAL_RANK set), CUDA means this process's own GPU, cuda:LOCAL_RANK; any other
+    device (and an explicit cuda:N) is kept."""
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
 
 
 def checkpoint_dtype(ckpt: Path, device: str) -> torch.dtype:

@@ -34,18 +34,21 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import stable_hash
 from .data import normalize_problem, rows_with
 from .generate import SamplingConfig
 from .grading import GRADER_NAME, GRADER_VERSION, grade
 from .prompts import PromptConfig, render
-from .records import resume_records, run_resumable
+from .records import resume_records, run_resumable, shard
 from .seeds import problem_seed
 from .teacher import Teacher, TeacherConfig
 from .tokenizer import THINK_CLOSE, THINK_OPEN, Tokenizer, render_chat
 from .train import Example, TrainConfig
+
+if TYPE_CHECKING:
+    from .checkpoint import Dist
 
 REJECT_REASONS = ("context", "truncated", "unclosed_think", "no_answer", "wrong_answer", "no_thinking", "duplicate",
                   "over_quota")
@@ -209,12 +212,14 @@ def sample_hash(teacher: Teacher, cfg: TracesConfig) -> str:
 
 def generate_traces(teacher: Teacher, train: Sequence[dict[str, Any]], test: Sequence[dict[str, Any]],
                     cfg: TracesConfig, journal_dir: str | Path,
-                    progress: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+                    progress: bool = True, comm: Dist | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Sample the teacher on the clean training problems and verify; return (kept, rejected, metrics).
 
     Raw samples are journaled in `journal_dir/<sample_hash>.jsonl` through the resumable record log
     (`reasoning.records`); problems already there are not sampled again, so a killed run resumes
     and a finished one is free to rerun. A problem whose text changed since is sampled again.
+    With `comm` of several ranks (torchrun), each rank samples its `records.shard` of the problems
+    and every rank returns the same result.
     """
     problems, contaminated = remove_contaminated(train, test, cfg.contamination_ngram)
     problems = problems[:cfg.limit]
@@ -226,12 +231,13 @@ def generate_traces(teacher: Teacher, train: Sequence[dict[str, Any]], test: Seq
     digest = {pid: hashlib.sha256(p["problem"].encode()).hexdigest()[:16] for pid, p in zip(ids, problems)}
     done = resume_records(journal, {pid: {"problem_sha": digest[pid]} for pid in ids}, {}, "teacher journal",
                           on_changed="redo")
-    todo = [(pid, p) for pid, p in zip(ids, problems) if pid not in done]
+    by_id = dict(zip(ids, problems))
+    todo = [(pid, by_id[pid]) for pid in shard([pid for pid in ids if pid not in done], comm)]
     samples = teacher.sample([p["problem"] for _, p in todo], cfg.n,
                              [problem_seed(pid, cfg.seed) for pid, _ in todo])
     entries = ((todo[i][0], {"id": todo[i][0], "problem_sha": digest[todo[i][0]], "seconds": seconds,
                              "samples": raw}) for i, raw, seconds in samples)
-    journaled = dict(zip(ids, run_resumable(ids, done, entries, journal, progress, "teacher traces")))
+    journaled = dict(zip(ids, run_resumable(ids, done, entries, journal, progress, "teacher traces", comm=comm)))
 
     provenance = {"teacher": teacher.info["id"], "teacher_kind": teacher.info["kind"],
                   "teacher_revision": teacher.info["revision"], "prompt_hash": cfg.teacher.prompt.hash,

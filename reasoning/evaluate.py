@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import stable_hash
 from .files import read_jsonl, write_jsonl
@@ -35,8 +35,11 @@ from .grading import GRADER_NAME, GRADER_VERSION
 from .metrics import accuracy_summary
 from .prompts import PromptConfig
 from .records import (Record, chunked, expected_fields, grade_record, journal, new_record, problem_prompts,
-                      resume_records, run_resumable)
+                      resume_records, run_resumable, shard)
 from .seeds import problem_seed
+
+if TYPE_CHECKING:
+    from .checkpoint import Dist
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,16 @@ class EvalConfig:
 
 def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: EvalConfig,
              records_path: str | Path | None = None,
-             progress: bool = True) -> tuple[list[Record], dict[str, Any]]:
+             progress: bool = True, comm: Dist | None = None) -> tuple[list[Record], dict[str, Any]]:
     """Generate, grade and score `problems` (dataset rows); return (records in problem order, metrics).
 
     With `records_path`, records are appended there as batches finish, and records already in the
     file are reused (resume); the file ends holding exactly the returned records. The generator's
     `model_id` (the weights' content hash) is stored in each record, so a resume never mixes two
     models' records.
+
+    With `comm` of several ranks (torchrun), each rank generates its `records.shard` of the problems
+    and every rank returns all records and the same metrics (records.run_resumable).
     """
     ids, prompts, golds = problem_prompts(list(problems)[:cfg.limit], cfg.prompt)
     model_id = generator.model_id
@@ -83,7 +89,7 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
                           "evaluation config", regrade=grade_record) if records_path else {}
 
     # Similar prompt lengths share a batch (less padding); the order is fixed by the data alone.
-    todo = sorted((pid for pid in ids if pid not in done), key=lambda pid: len(prompts[pid]))
+    todo = shard(sorted((pid for pid in ids if pid not in done), key=lambda pid: len(prompts[pid])), comm)
 
     def work(batch: list[str]) -> dict[str, dict[str, Any]]:
         t0 = time.perf_counter()
@@ -94,7 +100,7 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
                                 cfg.hash, cfg.prompt.hash, model_id) for pid, [c] in zip(batch, outs)}
 
     records = run_resumable(ids, done, chunked(todo, cfg.batch_size, work), records_path, progress, "evaluate",
-                            lambda d: {"acc": f"{sum(r['correct'] for r in d.values()) / len(d):.3f}"})
+                            lambda d: {"acc": f"{sum(r['correct'] for r in d.values()) / len(d):.3f}"}, comm)
     return records, metrics_from_records(records)
 
 

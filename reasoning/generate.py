@@ -44,7 +44,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .devices import DTYPES, checkpoint_dtype, default_device, peak_memory_bytes, resolve_device
+from .devices import DTYPES, checkpoint_dtype, default_device, peak_memory_bytes, rank_device, resolve_device
 from .model import Qwen3, linear_as
 from .seeds import sample_seed
 from .tokenizer import Tokenizer
@@ -485,6 +485,7 @@ def load_generator(source: str | Path, settings: GenerationSettings, setting: st
     `source` came from, for the message of a failed download."""
     ckpt = resolve(str(source), setting=setting)
     device, dtype = resolve_device(settings.device, settings.dtype)
+    device = rank_device(device)  # torchrun: one GPU per process
     return Generator(load_model(ckpt, dtype, device), Tokenizer(ckpt), compile=settings.compile,
                      batch_size=settings.batch_size, matmul_dtype=settings.matmul_dtype, model_id=model_id(ckpt))
 

@@ -16,6 +16,13 @@ Design choices:
 - `resume_records` refuses a log written under another configuration or model (the `stamp`
   fields every record carries) instead of silently mixing two runs; a record whose problem
   changed since is refused too, or redone where the caller says so (the teacher journal).
+- Data parallel (under torchrun): every rank reads the same logs before any rank writes (a
+  barrier), so all agree on what is left; `shard` gives each rank every world-th problem of it (the
+  work is sorted by prompt length, so shares are balanced), each rank appends to its own log beside the shared one
+  (`<log>.rank<r>.jsonl`: a killed run resumes per rank, at any world size), and at the end the
+  ranks exchange their new records, rank 0 writes the shared log in problem order and the rank logs
+  go. Every rank returns all records, identical to a one-process run's: each sample's seed is its
+  problem's and sample's, never its batch's.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from tqdm import tqdm
 
@@ -31,6 +38,9 @@ from .config import run_dir
 from .files import JsonlAppender, read_jsonl, write_jsonl
 from .grading import grade
 from .prompts import PromptConfig, render
+
+if TYPE_CHECKING:
+    from .checkpoint import Dist
 
 
 class Record(TypedDict):
@@ -109,7 +119,7 @@ def resume_records(path: str | Path, expected: Mapping[str, Mapping[str, Any]], 
     configurations or models in one file would make its metrics meaningless.
     """
     done: dict[str, dict[str, Any]] = {}
-    for r in read_jsonl(path):
+    for r in (r for p in [Path(path), *rank_journals(path)] for r in read_jsonl(p)):
         for field, value in stamp.items():
             if r.get(field) == value:
                 continue
@@ -131,6 +141,17 @@ def resume_records(path: str | Path, expected: Mapping[str, Mapping[str, Any]], 
     return done
 
 
+def rank_journals(path: str | Path) -> list[Path]:
+    """The per-rank logs a data-parallel run keeps beside `path` (left behind only by a killed run)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{path.stem}.rank*{path.suffix}"))
+
+
+def shard(todo: Sequence[str], comm: Dist | None) -> list[str]:
+    """This rank's share of `todo`: every world-th id from its rank on (all of it in one process)."""
+    return list(todo)[comm.rank::comm.world] if comm is not None else list(todo)
+
+
 def chunked(ids: Sequence[str], size: int,
             work: Callable[[list[str]], dict[str, dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(id, record) pairs of `work(chunk)` for consecutive chunks of `size` ids."""
@@ -142,21 +163,34 @@ def run_resumable(ids: Sequence[str], done: dict[str, dict[str, Any]],
                   results: Iterable[tuple[str, dict[str, Any]]], path: str | Path | None,
                   progress: bool, desc: str,
                   postfix: Callable[[dict[str, dict[str, Any]]], dict[str, str]] | None = None,
-                  ) -> list[dict[str, Any]]:
+                  comm: Dist | None = None) -> list[dict[str, Any]]:
     """Add each (id, record) of `results` to `done`, appending it to `path` as it arrives, behind a
     progress bar over `ids`; return the records in `ids` order (every id must end up in `done`).
 
     `done` holds the records kept from an earlier run (`resume_records`). At the end `path` is
     rewritten to hold exactly the returned records, in `ids` order.
+
+    With `comm` of several ranks, `results` covers this rank's `shard` only: it is logged to this
+    rank's `<path>.rank<r>.jsonl`, the ranks then exchange their new records (every rank returns all
+    of them), rank 0 rewrites `path`, and the rank logs are removed once it has.
     """
-    appender = JsonlAppender(path) if path else None
-    bar = tqdm(total=len(ids), initial=len(done), desc=desc, unit="problem", disable=not progress,
+    parallel = comm is not None and comm.world > 1
+    own = Path(path).with_name(f"{Path(path).stem}.rank{comm.rank}{Path(path).suffix}") \
+        if parallel and path else path
+    if parallel:  # every rank has read the logs (resume_records) before any rank appends to its own
+        comm.barrier()
+    appender = JsonlAppender(own) if own else None
+    new: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=len(ids), initial=len(done), desc=desc, unit="problem",
+               disable=not progress or (parallel and comm.rank != 0),
                file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     try:
         for pid, record in results:
-            done[pid] = record
+            done[pid] = new[pid] = record
             if appender:
                 appender.append(record)
+            if parallel:  # rank 0's bar counts its own share, scaled to the whole
+                bar.update(comm.world - 1)
             if postfix and progress:
                 bar.set_postfix(postfix(done), refresh=False)
             bar.update(1)
@@ -164,7 +198,15 @@ def run_resumable(ids: Sequence[str], done: dict[str, dict[str, Any]],
         bar.close()
         if appender:
             appender.close()
+    if parallel:
+        for part in comm.gather_objects(new):
+            done.update(part)
     records = [done[pid] for pid in ids]
-    if path:
+    if path and (not parallel or comm.rank == 0):
         write_jsonl(path, records)
+    if parallel:
+        comm.barrier()  # the shared log holds everything now: the rank logs may go
+    if path and (not parallel or comm.rank == 0):
+        for stale in rank_journals(path):  # this run's, and any a killed run left (kept above)
+            stale.unlink(missing_ok=True)
     return records

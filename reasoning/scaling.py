@@ -38,7 +38,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 
@@ -49,9 +49,13 @@ from .grading import answers_equivalent, extract_answer
 from .files import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from .metrics import answer_classes, compare_records, mean_pass_at_k
 from .prompts import PromptConfig, render
-from .records import Record, chunked, expected_fields, grade_record, problem_prompts, resume_records, run_resumable
+from .records import (Record, chunked, expected_fields, grade_record, problem_prompts, resume_records, run_resumable,
+                      shard)
 from .report import TABLE_FIELDS, plot_frontier, scaling_table, write_csv
 from .seeds import problem_seed
+
+if TYPE_CHECKING:
+    from .checkpoint import Dist
 
 Aggregate = Literal["single", "majority", "best_of_n", "refine"]
 Scorer = Literal["none", "heuristic", "avg_logprob", "answer_logprob"]
@@ -377,7 +381,8 @@ class _Runner:
 
 def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: MethodConfig,
                records_path: str | Path | None = None, seed: int = 0, batch_size: int = 32,
-               donor: dict[str, dict[str, Any]] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+               donor: dict[str, dict[str, Any]] | None = None, progress: bool = True,
+               comm: Dist | None = None) -> list[dict[str, Any]]:
     """Run `method` on `problems` (dataset rows); return one record per problem, in problem order.
 
     `generator` is a `Generator` (or anything with its `generate`, `model`, `tokenizer` and
@@ -385,6 +390,8 @@ def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: Metho
     them (resume). `donor` maps problem id to a record of another sampling method with the same
     `sample_key`, seed and at least n samples: its samples are reused instead of generated. The
     generator's `model_id` is stored in each record, so a resume never mixes two models' records.
+    With `comm` of several ranks (torchrun), each rank runs its `records.shard` of the problems and
+    every rank returns all records.
     """
     ids, prompts, golds = problem_prompts(list(problems), method.prompt)
     rows = dict(zip(ids, problems))
@@ -394,7 +401,7 @@ def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: Metho
                           f"configuration of method {method.name!r}",
                           regrade=lambda r: {**r, "samples": [_graded(s, r["gold"]) for s in r["samples"]]},
                           ) if records_path else {}
-    todo = sorted((pid for pid in ids if pid not in done), key=lambda pid: len(prompts[pid]))
+    todo = shard(sorted((pid for pid in ids if pid not in done), key=lambda pid: len(prompts[pid])), comm)
     per_chunk = batch_size if method.aggregate == "refine" else max(1, batch_size // method.n)
     runner = _Runner(generator, method, seed)
 
@@ -414,7 +421,7 @@ def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: Metho
         return {pid: {"id": pid, "prompt": prompts[pid], "gold": golds[pid], "config_hash": method.hash(seed),
                       "prompt_hash": method.prompt.hash, "model_id": model_id, **new[pid]} for pid in chunk}
 
-    return run_resumable(ids, done, chunked(todo, per_chunk, work), records_path, progress, method.name)
+    return run_resumable(ids, done, chunked(todo, per_chunk, work), records_path, progress, method.name, comm=comm)
 
 
 def _donated(donor: dict[str, dict[str, Any]], pid: str, prompt: str, n: int) -> list[dict[str, Any]]:
@@ -473,7 +480,7 @@ def _refine(runner: _Runner, chunk: list[str], rows: dict[str, dict], prompts: d
 
 def run_grid(generator: Any, problems: Sequence[dict[str, Any]], methods: Sequence[MethodConfig],
              journal_dir: str | Path, seed: int = 0, batch_size: int = 32,
-             progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+             progress: bool = True, comm: Dist | None = None) -> dict[str, list[dict[str, Any]]]:
     """Run every method, each journaled in journal_dir/<name>-<method hash>.jsonl (a changed method
     is a new journal, never a refused or mixed one); sampling methods with the same `sample_key`
     share the samples of the one with the largest n, which runs first."""
@@ -484,7 +491,7 @@ def run_grid(generator: Any, problems: Sequence[dict[str, Any]], methods: Sequen
         donor_name = donors.get(m.sample_key) if m.aggregate != "refine" else None
         donor = {r["id"]: r for r in records[donor_name]} if donor_name else None
         path = Path(journal_dir) / f"{m.name}-{m.hash(seed)}.jsonl"
-        records[m.name] = run_method(generator, problems, m, path, seed, batch_size, donor, progress)
+        records[m.name] = run_method(generator, problems, m, path, seed, batch_size, donor, progress, comm)
         if m.aggregate != "refine":
             donors.setdefault(m.sample_key, m.name)
     return {m.name: records[m.name] for m in methods}

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
 from .data import normalize_problem
 from .endpoint import ChatClient, EndpointConfig
 from .files import read_json, read_jsonl, sha256_file
@@ -55,6 +57,7 @@ class TeacherConfig:
 
 class Teacher(Protocol):
     info: dict[str, str]  # kind, id, revision
+    device: torch.device  # where it computes: its engine's device, or the CPU (endpoint, file)
 
     def sample(self, problems: Sequence[str], n: int,
                seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
@@ -68,6 +71,7 @@ class EngineTeacher:
     def __init__(self, generator: Generator, prompt: PromptConfig, sampling: SamplingConfig,
                  info: dict[str, str]):
         self.generator, self.prompt, self.sampling, self.info = generator, prompt, sampling, info
+        self.device = generator.model.device
 
     def sample(self, problems: Sequence[str], n: int,
                seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
@@ -88,6 +92,7 @@ class EndpointTeacher:
 
     def __init__(self, client: ChatClient, prompt: PromptConfig, sampling: SamplingConfig, info: dict[str, str]):
         self.client, self.prompt, self.sampling, self.info = client, prompt, sampling, info
+        self.device = torch.device("cpu")
 
     def sample(self, problems: Sequence[str], n: int,
                seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
@@ -107,6 +112,7 @@ class FileTeacher:
 
     def __init__(self, rows: Sequence[dict[str, Any]], info: dict[str, str]):
         self.info = info
+        self.device = torch.device("cpu")
         self.by_problem: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             if not isinstance(r, dict) or not isinstance(r.get("problem"), str) or "message_content" not in r:

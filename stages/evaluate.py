@@ -17,7 +17,7 @@ from reasoning.evaluate import EvalConfig, evaluate, evaluation_journal, regrade
 from reasoning.files import sha256_file, write_json, write_jsonl
 from reasoning.generate import load_generator
 
-from .common import add_run_flags, earlier_run_facts, run_facts, stage_config, stage_parser
+from .common import add_run_flags, data_parallel, earlier_run_facts, rank0, run_facts, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -41,10 +41,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg = stage_config(EvalConfig, "evaluate", args)
         generator = load_generator(args.model, cfg)
         skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
-        records, metrics = evaluate(generator, read_dataset(args.data, skipped=skipped), cfg,
-                                    evaluation_journal(args.state, generator.model_id, sha256_file(args.data), cfg),
-                                    progress=not args.no_progress)
+        with data_parallel(generator.model.device) as comm:  # torchrun: the problems split over the ranks
+            records, metrics = evaluate(generator, read_dataset(args.data, skipped=skipped), cfg,
+                                        evaluation_journal(args.state, generator.model_id, sha256_file(args.data),
+                                                           cfg), progress=not args.no_progress, comm=comm)
         metrics.update(run_facts(skipped))
+        if not rank0():
+            return metrics
         write_jsonl(records_path, records)
     write_json(args.out / "metrics.json", metrics)
     print(f"{args.out}: accuracy {metrics['accuracy']:.3f} "

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reasoning.checkpoint import Dist
 from reasoning.config import from_dict, load_section
+from reasoning.devices import rank_device, resolve_device
 from reasoning.data import read_dataset
 from reasoning.evaluate import EvalConfig, evaluate, evaluation_journal, metrics_from_records
 from reasoning.files import atomic_write_text, read_json, sha256_file, write_json, write_jsonl
@@ -27,7 +29,7 @@ from reasoning.prompts import PromptConfig
 from reasoning.report import COMPARISON_FIELDS, accuracy_chart, comparison_rows, comparison_table, write_csv
 from reasoning.scaling import describe, load_best
 
-from .common import run_facts, stage_config, stage_parser
+from .common import data_parallel, rank0, run_facts, stage_config, stage_parser
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def model_eval_config(path: Path, cfg: EvalConfig) -> EvalConfig:
 
 
 def evaluate_model(path: Path, problems: list[dict], cfg: EvalConfig, state: Path,
-                   data_sha: str) -> tuple[list, dict]:
+                   data_sha: str, comm: Dist | None = None) -> tuple[list, dict]:
     """(records, metrics) of the checkpoint `path` on `problems`, behind the prompt it was trained for.
 
     Journaled under `state` with the evaluate stage's key (model, data, settings): with the same
@@ -61,7 +63,7 @@ def evaluate_model(path: Path, problems: list[dict], cfg: EvalConfig, state: Pat
     cfg = model_eval_config(path, cfg)
     generator = load_generator(path, cfg)
     return evaluate(generator, problems, cfg, evaluation_journal(state, generator.model_id, data_sha, cfg),
-                    progress=False)
+                    progress=False, comm=comm)
 
 
 def scaling_row(scaling: str, problems: list[dict], eval_limit: int | None) -> tuple:
@@ -89,10 +91,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     problems = read_dataset(args.data, skipped=skipped)[:eval_cfg.limit]
     best = scaling_row(cfg.scaling, problems, eval_cfg.limit) if cfg.scaling else None
     results = {}
-    for name, path in cfg.models.items():
-        results[name] = evaluate_model(Path(path), problems, eval_cfg, args.state, sha256_file(args.data))
-        write_jsonl(args.out / "records" / f"{name}.jsonl", results[name][0])
-        print(f"{name}: accuracy {results[name][1]['accuracy']:.3f} on {results[name][1]['n']} problems")
+    with data_parallel(rank_device(resolve_device(eval_cfg.device, eval_cfg.dtype)[0])) as comm:
+        for name, path in cfg.models.items():  # torchrun: each model's problems split over the ranks
+            results[name] = evaluate_model(Path(path), problems, eval_cfg, args.state, sha256_file(args.data), comm)
+            if rank0():
+                write_jsonl(args.out / "records" / f"{name}.jsonl", results[name][0])
+                print(f"{name}: accuracy {results[name][1]['accuracy']:.3f} on {results[name][1]['n']} problems")
+    if not rank0():
+        return {}
     if best:
         method, records = best
         results[f"{cfg.baseline} + {describe(method, method.budgets[-1])}"] = (records, metrics_from_records(records))

@@ -21,7 +21,7 @@ from reasoning.files import read_jsonl, sha256_file
 from reasoning.generate import load_generator
 from reasoning.scaling import ScalingConfig, run_grid, write_outputs
 
-from .common import add_run_flags, earlier_run_facts, run_facts, stage_config, stage_parser
+from .common import add_run_flags, data_parallel, earlier_run_facts, rank0, run_facts, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -56,8 +56,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         problems = read_dataset(args.data, skipped=skipped)[:cfg.limit]
         generator = load_generator(args.model, cfg)
         journals = run_dir(args.state, {"model": generator.model_id, "data": sha256_file(args.data)})
-        records = run_grid(generator, problems, cfg.methods, journals, cfg.seed, cfg.batch_size,
-                           progress=not args.no_progress)
+        with data_parallel(generator.model.device) as comm:  # torchrun: the problems split over the ranks
+            records = run_grid(generator, problems, cfg.methods, journals, cfg.seed, cfg.batch_size,
+                               progress=not args.no_progress, comm=comm)
+        if not rank0():
+            return {}
     # the table's model column: the checkpoint's name, else (--report alone) its weights' hash
     model = (args.model.name or str(args.model)) if args.model else records[cfg.methods[0].name][0]["model_id"]
     facts = earlier_run_facts(args.out / "metrics.json") if args.report else run_facts(skipped)

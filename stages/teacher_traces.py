@@ -19,7 +19,7 @@ from reasoning.distill import TracesConfig, generate_traces
 from reasoning.files import write_json, write_jsonl
 from reasoning.teacher import load_teacher
 
-from .common import add_run_flags, run_facts, stage_config, stage_parser
+from .common import add_run_flags, data_parallel, rank0, run_facts, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -37,7 +37,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
     train, test = read_dataset(args.train, skipped=skipped), read_dataset(args.test, skipped=skipped)
     teacher = load_teacher(cfg.teacher, cfg.sampling)
-    kept, rejected, metrics = generate_traces(teacher, train, test, cfg, args.state, progress=not args.no_progress)
+    with data_parallel(teacher.device) as comm:  # torchrun: the problems split over the ranks
+        kept, rejected, metrics = generate_traces(teacher, train, test, cfg, args.state,
+                                                  progress=not args.no_progress, comm=comm)
+    if not rank0():
+        return metrics
     write_jsonl(args.out / "traces.jsonl", kept)
     write_jsonl(args.out / "rejected.jsonl", rejected)
     metrics.update(run_facts(skipped))
