@@ -241,7 +241,7 @@ def generate_traces(teacher: Teacher, train: Sequence[dict[str, Any]], test: Seq
 
     provenance = {"teacher": teacher.info["id"], "teacher_kind": teacher.info["kind"],
                   "teacher_revision": teacher.info["revision"], "prompt_hash": cfg.teacher.prompt.hash,
-                  "sample_hash": tag, "grader": f"{GRADER_NAME} {GRADER_VERSION}"}
+                  "sample_hash": tag, "grader": GRADER_NAME, "grader_version": GRADER_VERSION}
     rows = [r for pid, p in zip(ids, problems) for r in judge(p, journaled[pid]["samples"], cfg, provenance)]
     if not rows:
         raise ValueError(f"the teacher {teacher.info['id']} gave no samples for any of {len(problems)} problems "

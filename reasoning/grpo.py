@@ -49,7 +49,7 @@ from torch import Tensor
 from .checkpoint import Dist, StepLog, resume, run_settings, save_checkpoint, training_setup
 from .config import stable_hash
 from .generate import GREEDY_BELOW, Completion, Generator, SamplingConfig, check_matmul_dtype
-from .grading import grade
+from .grading import GRADER_NAME, GRADER_VERSION, grade
 from .metrics import compare_records
 from .model import Qwen3
 from .prompts import PromptConfig, render
@@ -747,6 +747,7 @@ def run_summary(rows: Sequence[dict[str, Any]], result: dict[str, Any],
         "warnings_reward_up_accuracy_down": sum(r.get("warning_reward_up_accuracy_down", 0) for r in rows),
         "steps": result["steps"], "resumed_from": result["resumed_from"], "wall_s": result["wall_s"],
         "train_s": sum(r["step_time"] for r in steps),
+        "grader": GRADER_NAME, "grader_version": GRADER_VERSION,  # which grader gave the rewards and verdicts
     }
     if start_records and last_records:
         c = compare_records(start_records, last_records)

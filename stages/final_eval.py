@@ -107,8 +107,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     atomic_write_text(args.out / "table.md", table)
     write_csv(args.out / "table.csv", rows, COMPARISON_FIELDS)
     accuracy_chart(rows, args.out / "chart.png")
+    grader = {k: results[cfg.baseline][1][k] for k in ("grader", "grader_version")}  # one grader judged all
     metrics = {"baseline": cfg.baseline, "models": {r.pop("model"): r for r in [dict(r) for r in rows]},
-               **run_facts(skipped)}
+               **grader, **run_facts(skipped)}
     write_json(args.out / "metrics.json", metrics)
     print(table)
     return metrics

@@ -24,6 +24,7 @@ from reasoning.distill import (
 )
 from reasoning.files import read_json, read_jsonl, write_jsonl
 from reasoning.generate import Completion, SamplingConfig
+from reasoning.grading import GRADER_NAME, GRADER_VERSION
 from reasoning.prompts import COT_SUFFIX, PromptConfig, render
 from reasoning.endpoint import ChatClient, EndpointConfig, EndpointError
 from reasoning.teacher import EndpointTeacher, EngineTeacher, TeacherConfig, load_teacher
@@ -420,6 +421,7 @@ def test_teacher_traces_stage_with_an_engine_teacher(tmp_path, tiny_ckpt):
     assert metrics["samples"] == 12 == metrics["kept"] + sum(metrics["rejected"].values())
     assert len(read_jsonl(tmp_path / "out" / "rejected.jsonl")) == 12 - metrics["kept"]  # a random model
     assert metrics["teacher_kind"] == "engine" and len(metrics["teacher_revision"]) == 16
+    assert (metrics["grader"], metrics["grader_version"]) == (GRADER_NAME, GRADER_VERSION)
     assert read_json(tmp_path / "metrics.json") == json.loads(json.dumps(metrics))
     again = traces_main(args)  # the journal makes the rerun identical
     assert {k: v for k, v in again.items() if k != "wall_time_s"} == \

@@ -204,6 +204,31 @@ def test_regrade_reproduces_and_follows_gold_edits(tmp_path):
         regrade(tmp_path / "missing.jsonl")
 
 
+def test_regrade_after_a_grader_version_bump(tmp_path):
+    """Records and metrics written by an older grader are judged again by this one, and say so."""
+    problems = make_problems(3)
+    out = tmp_path / "eval"
+    gen = FakeGenerator(problems, CFG.prompt)
+    _, metrics = evaluate(gen, problems, CFG, out / "records.jsonl", progress=False)
+    old = read_jsonl(out / "records.jsonl")
+    # Grader 1.0.0 read a completion cut off inside its last box as the box before it, and credited it.
+    old[0].update(completion="So \\boxed{0}. Let me recompute: \\boxed{", extracted="0", correct=True,
+                  reason="string-match")
+    old[2].update(completion="So \\boxed{4}.\n\n\\boxed{4}", extracted="4, 4", correct=False,
+                  reason="mismatch")
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    (out / "metrics.json").write_text(json.dumps({**metrics, "grader_version": "1.0.0"}))
+
+    fresh = stage_main(["--out", str(out), "--regrade"])
+    assert read_json(out / "metrics.json") == json.loads(json.dumps(fresh))
+    assert (fresh["grader"], fresh["grader_version"]) == (GRADER_NAME, GRADER_VERSION)
+    assert GRADER_VERSION != "1.0.0"
+    r0, r2 = read_jsonl(out / "records.jsonl")[0::2]
+    assert (r0["extracted"], r0["correct"], r0["reason"]) == (None, False, "no-answer")
+    assert (r2["extracted"], r2["correct"]) == ("4", True)  # a repeated final box is one answer
+    assert fresh["accuracy"] == pytest.approx(1 / 3)
+
+
 def test_eval_config_from_params():
     cfg = from_dict(EvalConfig, {"limit": 5, "prompt": {"template": "chat", "think": True},
                                  "sampling": {"max_new_tokens": 16, "stop_strings": ["\n\n"]}})

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 
+import yaml
+
 from reasoning.evaluate import EvalConfig
 from reasoning.generate import SamplingConfig
 from reasoning.prompts import PromptConfig, render
-from stages.final_eval import evaluate_model, model_eval_config
+from reasoning.data import write_dataset
+from reasoning.grading import GRADER_NAME, GRADER_VERSION
+from stages.final_eval import evaluate_model, main, model_eval_config
 
 PROBLEMS = [{"id": "p1", "problem": "What is 2 + 3?", "answer": "5", "solution": "", "level": 1, "subject": "toy"}]
 
@@ -27,6 +31,17 @@ def test_model_prompt_comes_from_its_metadata(tmp_path, tiny_ckpt):
     records, metrics = evaluate_model(chat, PROBLEMS, cfg, tmp_path / "runs", "data-sha")
     assert records[0]["prompt"] == render(PROBLEMS[0]["problem"], prompt)
     assert metrics["prompt_hash"] == prompt.hash
+
+
+def test_metrics_name_the_grader(tmp_path, tiny_ckpt):
+    write_dataset(PROBLEMS, tmp_path / "test.jsonl", source="test")
+    params = {"evaluate": {"device": "cpu", "dtype": "float32", "sampling": {"max_new_tokens": 4}},
+              "final_eval": {"models": {"base": str(tiny_ckpt)}, "n_boot": 10}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    metrics = main(["--data", str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "final"),
+                    "--state", str(tmp_path / "runs"), "--params", str(tmp_path / "params.yaml")])
+    assert (metrics["grader"], metrics["grader_version"]) == (GRADER_NAME, GRADER_VERSION)
+    assert json.loads((tmp_path / "final" / "metrics.json").read_text())["grader_version"] == GRADER_VERSION
 
 
 def test_scaling_records_of_other_problems_are_refused_before_any_model_runs(tmp_path, monkeypatch):

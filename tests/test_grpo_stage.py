@@ -18,6 +18,7 @@ import reasoning.grpo as core
 import stages.grpo as stage
 from reasoning.data import write_dataset
 from reasoning.files import read_json
+from reasoning.grading import GRADER_NAME, GRADER_VERSION
 from reasoning.prompts import COT_SUFFIX, PromptConfig
 from reasoning.weights import load_model
 
@@ -83,6 +84,7 @@ def test_killed_run_resumes_to_the_same_model_and_outputs(world, tiny_ckpt, monk
     out = world / "straight"
     assert straight["steps"] == 4 and straight["n"] == 4 and straight["resumed_from"] == 0
     assert straight["reward_last_tenth"] > straight["reward_first_tenth"]  # it learned the reward
+    assert (straight["grader"], straight["grader_version"]) == (GRADER_NAME, GRADER_VERSION)
     meta = read_json(out / "model" / "metadata.json")
     assert meta["prompt"] == dataclasses.asdict(PromptConfig(cot_suffix=COT_SUFFIX))
     assert (out / "model" / "tokenizer.json").read_bytes() == (tiny_ckpt / "tokenizer.json").read_bytes()

@@ -5,8 +5,12 @@ Design choice: numbers and constants are decided here, without sympy and without
 exponent, factorial or binomial that would be huge is refused before anything is computed. Then
 `_exact` computes plain rational answers exactly with `fractions.Fraction`, and `_mp_eval`
 evaluates everything else to 40 digits with mpmath (complex where needed), which settles constants
-and rejects false identities at sample points. The mpmath context is private and its precision is
-never changed, so every thread can share it without locks.
+and rejects false identities at sample points. Two conventions of school mathematics (and of MATH's
+answers) are kept over mpmath's principal values: an odd root of a negative number is real (the
+cube root of -8 is -2, and so is (-8)^(1/3)), and an undefined value (a zeroth root, log 0, a
+logarithm to base 0 or 1, division by zero) raises instead of becoming 1, 0 or an infinity, so that
+it equals nothing. The mpmath context is private and its precision is never changed, so every
+thread can share it without locks.
 """
 
 from __future__ import annotations
@@ -170,10 +174,44 @@ def _exact(node: tuple) -> Fraction | None:
     return None
 
 
+def _ln(x: Any) -> Any:
+    if x == 0:
+        raise ValueError("log of 0")  # mpmath says -inf; the logarithm of 0 is undefined
+    return _MP.ln(x)
+
+
+def _log(x: Any, base: Any) -> Any:
+    if base == 0 or base == 1:
+        raise ValueError("log to base 0 or 1")
+    return _ln(x) / _ln(base)
+
+
+def _odd_denominator(exp: tuple) -> Fraction | None:
+    """The exponent as a fraction p/q with q odd and > 1 (a real odd root), else None."""
+    v = _exact(exp)
+    return v if v is not None and v.denominator > 1 and v.denominator % 2 == 1 else None
+
+
+def _real_power(base: Any, exp: Fraction) -> Any:
+    """base**(p/q) for q odd, as the real root when base is a negative real: (-8)^(2/3) = 4."""
+    if _MP.im(base) == 0 and base < 0:
+        magnitude = _MP.power(-_MP.re(base), _MP.mpf(exp.numerator) / exp.denominator)
+        return -magnitude if exp.numerator % 2 else magnitude
+    return _MP.power(base, _MP.mpf(exp.numerator) / exp.denominator)
+
+
+def _root(x: Any, index: Any) -> Any:
+    if index == 0:
+        raise ZeroDivisionError("a zeroth root")
+    if _MP.im(index) == 0 and _MP.isint(index) and int(index) % 2 == 1:
+        return _real_power(x, Fraction(1, int(index)))  # the cube root of -8 is -2
+    return _MP.root(x, index)
+
+
 _MP_FUNCS = {"sin": _MP.sin, "cos": _MP.cos, "tan": _MP.tan, "cot": _MP.cot, "sec": _MP.sec,
              "csc": _MP.csc, "arcsin": _MP.asin, "arccos": _MP.acos, "arctan": _MP.atan,
-             "sinh": _MP.sinh, "cosh": _MP.cosh, "tanh": _MP.tanh, "exp": _MP.exp, "ln": _MP.ln,
-             "log": _MP.ln, "abs": abs, "floor": _MP.floor, "ceiling": _MP.ceil}
+             "sinh": _MP.sinh, "cosh": _MP.cosh, "tanh": _MP.tanh, "exp": _MP.exp, "ln": _ln,
+             "log": _ln, "abs": abs, "floor": _MP.floor, "ceiling": _MP.ceil}
 
 
 def _mp_eval(node: tuple, env: dict[str, Any]) -> Any:
@@ -199,16 +237,19 @@ def _mp_eval(node: tuple, env: dict[str, Any]) -> Any:
             raise ZeroDivisionError
         return _mp_eval(node[1], env) / den
     if kind == "pow":
+        odd = _odd_denominator(node[2])
+        if odd is not None:
+            return _real_power(_mp_eval(node[1], env), odd)
         return _MP.power(_mp_eval(node[1], env), _mp_eval(node[2], env))
     if kind == "fact":
         return _MP.factorial(_mp_eval(node[1], env))
     if kind == "binom":
         return _MP.binomial(_mp_eval(node[1], env), _mp_eval(node[2], env))
     if kind == "root":
-        return _MP.root(_mp_eval(node[1], env), _mp_eval(node[2], env)) if node[2] != ("num", "2") \
+        return _root(_mp_eval(node[1], env), _mp_eval(node[2], env)) if node[2] != ("num", "2") \
             else _MP.sqrt(_mp_eval(node[1], env))
     if kind == "log":
-        return _MP.log(_mp_eval(node[1], env), _mp_eval(node[2], env))
+        return _log(_mp_eval(node[1], env), _mp_eval(node[2], env))
     if kind == "fn":
         return _MP_FUNCS[node[1]](_mp_eval(node[2], env))
     raise ValueError(kind)

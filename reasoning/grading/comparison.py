@@ -23,7 +23,7 @@ from .extraction import extract_answer
 from .limits import DEFAULT_TIMEOUT_S, MAX_ANSWER_CHARS
 from .normalisation import _key, _normalize
 from .sympy_worker import _worker
-from .values import _FLIP, _is_label, _is_symbol, _parse_value
+from .values import _FLIP, _is_label, _is_symbol, _names_function_value, _parse_value
 from .verdict import Verdict, _Timeout, _Unsafe
 
 # Match reasons ranked by the work they took: a structured match reports the costliest of its parts.
@@ -91,10 +91,11 @@ def _difference(v: tuple) -> tuple | None:
 
 
 def _cmp_equation(p: tuple, g: tuple, ctx: _Ctx) -> str | None:
-    if _is_symbol(p[1]) and _is_symbol(g[1]):
-        rhs_const = not (_symbols(p[2][1]) | _symbols(g[2][1])) if p[2][0] == g[2][0] == "expr" else False
-        if p[1] == g[1] or rhs_const:
-            return _cmp_value(p[2], g[2], ctx)
+    # Labels are compared by name: x = 3 (a vertical line) is not y = 3, but y and f(x) both name the
+    # value of a function. Otherwise the two equations must have the same solutions.
+    if _is_symbol(p[1]) and _is_symbol(g[1]) and (p[1] == g[1] or _names_function_value(p[1])
+                                                 and _names_function_value(g[1])):
+        return _cmp_value(p[2], g[2], ctx)
     dp, dg = _difference(p), _difference(g)
     if dp is None or dg is None:
         return _best([_cmp_value(p[1], g[1], ctx), _cmp_value(p[2], g[2], ctx)])

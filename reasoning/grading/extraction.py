@@ -2,11 +2,14 @@
 
 Design choice: extraction only scans text; it never parses or evaluates math, so it cannot fail on
 a malformed formula or be made to run anything. It trusts explicit markers in order of how
-deliberately a model writes them: the last \\boxed{} (boxes written back to back are one answer),
-unless a later "the final answer is ..." corrects it; then such a phrase; then the last math segment
-or number. Fallbacks look only at the tail of a long completion, and text after a hallucinated
-special token (a next turn the model invented) is ignored. Brace matching lives here because the
-box is where it is needed first; normalisation and the value parser reuse it.
+deliberately a model writes them: the last closed \\boxed{} (boxes written back to back are one
+answer, and a box repeated there counts once); only without a box, the answer after a "the final
+answer is" phrase (such phrases after a box are commentary: "the answer is indeed 12"); then the
+last math segment or number. A completion cut off inside its last box has no final answer (not the
+box before it: the model was replacing that one). Fallbacks look only at the tail of a long
+completion, and text after a hallucinated special token (a next turn the model invented) is
+ignored. Brace matching lives here because the box is where it is needed first; normalisation and
+the value parser reuse it.
 """
 
 from __future__ import annotations
@@ -46,12 +49,18 @@ def _match_brace(text: str, start: int, limit: int = MAX_ANSWER_CHARS) -> int:
     return -1 if end == len(text) else -2
 
 
+def _box_key(content: str) -> str:
+    """What two boxes must share to be the same answer written twice: spacing and fraction style aside."""
+    return re.sub(r"\s+|\\[,;:! ]|\\left|\\right|(?<=\\)[dt](?=frac)", "", content)
+
+
 def _last_boxed(text: str) -> tuple[str, int] | None:
-    """(content, end) of the last complete \\boxed{...} or \\fbox{...} (nested braces; also `\\boxed 5`).
-    Boxes written back to back at the end ("\\boxed{-2} and \\boxed{1}") are one answer: "-2, 1"."""
+    """(content, end) of the last \\boxed{...} or \\fbox{...} (nested braces; also `\\boxed 5`), or None.
+    Boxes written back to back at the end ("\\boxed{-2} and \\boxed{1}") are one answer: "-2, 1"; a box
+    repeated among them counts once. A last box that the text ends inside is ("", len(text)): no answer."""
     found: list[tuple[int, int, str]] = []  # (start of the command, end of the box, content)
     matches = list(_BOX_CMD.finditer(text))[-20:]
-    for m in reversed(matches):  # a truncated last box falls back to the one before
+    for m in reversed(matches):
         pos = m.end()
         while pos < len(text) and text[pos] == " ":
             pos += 1
@@ -59,16 +68,25 @@ def _last_boxed(text: str) -> tuple[str, int] | None:
             close = _match_brace(text, pos)
             if close == -2:  # too long to be an answer: hand it on so that it is refused
                 return text[pos + 1:pos + 2 + MAX_ANSWER_CHARS], len(text)
-            content, end = (text[pos + 1:close], close + 1) if close > 0 else ("", pos)
+            if close == -1:  # cut off inside the box: an earlier box is not what the model ended on
+                if found:
+                    break
+                return "", len(text)
+            content, end = text[pos + 1:close], close + 1
         else:
             content = re.match(r"[^\s$]*", text[pos:pos + MAX_ANSWER_CHARS]).group()
             end = pos + len(content)
         if not content.strip():
-            continue
+            continue  # "\\boxed{}" names the format, it is not an answer
         if found and not _BOX_JOINER.fullmatch(text[end:found[-1][0]]):
             break
         found.append((m.start(), end, content.strip()))
-    return (", ".join(c for _, _, c in reversed(found)), found[0][1]) if found else None
+    if not found:
+        return None
+    answers: dict[str, str] = {}
+    for _, _, content in reversed(found):
+        answers.setdefault(_box_key(content), content)
+    return ", ".join(answers.values()), found[0][1]
 
 
 def _segment(m: re.Match) -> str:
@@ -99,9 +117,9 @@ def _phrase_answer(tail: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer in a completion: the last \\boxed{}/\\fbox{} (unless a 'final answer is'
-    phrase with a number or formula follows it), else the answer after such a phrase, else the last
-    math segment or number, whichever comes later."""
+    """The final answer in a completion: the last closed \\boxed{}/\\fbox{} (None when the text ends
+    inside its last box), else the answer after a 'final answer is' phrase, else the last math
+    segment or number, whichever comes later."""
     if not isinstance(text, str) or not text.strip():
         return None
     special = _SPECIAL_TOKEN.search(text)
@@ -109,9 +127,7 @@ def extract_answer(text: str) -> str | None:
         text = text[:special.start()]  # a hallucinated next turn is not part of the answer
     boxed = _last_boxed(text)
     if boxed:
-        later = _phrase_answer(text[boxed[1]:][-_TAIL:].replace("\\$", _DOLLAR))
-        # a model that changes its mind after boxing: "\\boxed{15} ... no, the final answer is 16"
-        return later if later and re.search(r"\d", later) and not _BOX_CMD.search(later) else boxed[0]
+        return boxed[0] or None
     after_think = text.rsplit("</think>", 1)[-1]
     short = after_think.strip()
     if 0 < len(short) <= 100 and "\n" not in short and not _is_prose(short) and not _BOX_CMD.search(short):

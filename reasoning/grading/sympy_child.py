@@ -5,9 +5,9 @@ Design choice: this is the only place sympy is imported, and it runs in its own 
 pays sympy's import time or memory, and a check that runs away can be killed without harm. The child
 sets its own address-space limit and ignores Ctrl-C (the parent decides when it dies). Requests are
 parse trees, not strings: the tree is rebuilt with sympy constructors, so no answer text ever
-reaches sympy's parser. Symbols are real, since answers are about real quantities. Its protocol is
-one JSON line per request and per reply on its own copy of stdout; anything else sympy prints goes
-to stderr.
+reaches sympy's parser. Symbols are real, since answers are about real quantities, and odd roots
+of negative numbers are real roots, as in the parent's arithmetic. Its protocol is one JSON line
+per request and per reply on its own copy of stdout; anything else sympy prints goes to stderr.
 """
 
 from __future__ import annotations
@@ -41,13 +41,19 @@ def _to_sympy(node: Any) -> Any:
     if kind == "div":
         return _to_sympy(node[1]) / _to_sympy(node[2])
     if kind == "pow":
-        return sp.Pow(_to_sympy(node[1]), _to_sympy(node[2]))
+        base, exp = _to_sympy(node[1]), _to_sympy(node[2])
+        if exp.is_Rational and exp.q % 2 == 1 and exp.q > 1 and base.is_negative:
+            return sp.real_root(base, exp.q) ** exp.p  # (-8)^(2/3) = 4, not the principal complex value
+        return sp.Pow(base, exp)
     if kind == "fact":
         return sp.factorial(_to_sympy(node[1]))
     if kind == "binom":
         return sp.binomial(_to_sympy(node[1]), _to_sympy(node[2]))
     if kind == "root":
-        return sp.root(_to_sympy(node[1]), _to_sympy(node[2]))
+        base, index = _to_sympy(node[1]), _to_sympy(node[2])
+        if index.is_Integer and index % 2 == 1:
+            return sp.real_root(base, index)  # the cube root of -8 is -2
+        return sp.root(base, index)
     if kind == "log":
         return sp.log(_to_sympy(node[1]), _to_sympy(node[2]))
     if kind == "fn":

@@ -4,22 +4,26 @@ Design choice: an answer is parsed into a small tree of tagged values whose leav
 so that the comparison can follow the structure (a set is unordered, an interval keeps its
 brackets) and compare each leaf with the arithmetic it needs. Structure is recognised top-down by
 splitting at separators outside brackets, most loosely binding first (commas, then relations, then
-unions, then plus-minus); only what is left goes to the expression parser. Notations that mean the
-same thing are rewritten into one value here rather than special-cased in the comparison: "x > 2"
-is the interval (2, oo), "-x > -1" is solved to "x < 1", "1 \\pm \\sqrt 5" is a two-element set,
-set-builder notation is its condition. Anything that does not parse is kept as normalised text.
+set differences, then unions, then plus-minus, then ratios); only what is left goes to the
+expression parser. Notations that mean the same thing are rewritten into one value here rather than
+special-cased in the comparison: "x > 2" is the interval (2, oo), "-x > -1" is solved to "x < 1",
+"x \\neq 0" and "R \\setminus \\{0\\}" are the union (-oo, 0) U (0, oo), "1 \\pm \\sqrt 5" is a
+two-element set, set-builder notation is its condition. The left side of an equation that names
+what the answer is (a variable, f(x), f^{-1}(x), f(2), |PQ|, AB, an angle, V_1:V_2) becomes one
+symbol, a label, so that "|PQ| = 1" can be compared with "1" by its right side. Anything that
+does not parse is kept as normalised text.
 
 Values:
     ("expr", ast) ("text", s) ("choice", "C", v|None) ("base", digits, base) ("tuple", "(", ")", [v])
     ("list", [v]) unordered ("set", [v]) unordered ("union", [v]) ("matrix", [[v]]) ("eq", v, v)
-    ("rel", [ops], [v])
+    ("rel", [ops], [v]); a ratio a:b:c is ("tuple", ":", ":", [v]).
 """
 
 from __future__ import annotations
 
 import re
 
-from .arithmetic import _exact, _symbols
+from .arithmetic import _MP, _exact, _mp_value, _symbols
 from .extraction import _match_brace
 from .lexicon import _is_prose
 from .limits import MAX_DEPTH, MAX_ITEMS
@@ -30,7 +34,17 @@ from .verdict import _ParseError, _Unsafe
 _OPEN, _CLOSE = "([{\u2983", ")]}\u2984"
 _REL_CMDS = {"le": "<=", "leq": "<=", "leqslant": "<=", "ge": ">=", "geq": ">=", "geqslant": ">=",
              "lt": "<", "gt": ">", "ne": "!=", "neq": "!=", "approx": "~", "in": "in"}
-_FUNC_LABEL = re.compile(r"\s*[A-Za-z]\s*\(\s*[A-Za-z](?:\s*,\s*[A-Za-z])*\s*\)\s*")
+_REL_SEPS = ("=", "<=", ">=", "<", ">", "!=", *("\\" + c for c in _REL_CMDS))
+# The left side of "f(x) = ...", "f^{-1}(x) = ...", "f'(x) = ...", "g_2(t) = ...": a function's value, like y.
+_FUNC_NAME = r"[A-Za-z](?:\^\{?-1\}?|'+|_\{?\w+\}?)?"
+_FUNC_VALUE = re.compile(_FUNC_NAME + r"\([A-Za-z](?:,[A-Za-z])*\)|y")
+# Other left sides that name the answer: f(2), |PQ|, |z|, AB, ABC, \angle ABC, m\angle A, \overline{AB},
+# and ratios of names: V_1:V_2, AB:CD, \frac{AB}{CD}.
+_NAME = (_FUNC_NAME + r"\((?:[^()=A-Za-z]|\\[A-Za-z]+)*\)|\|(?:[A-Z]{1,3}|[a-z])\||[A-Z]{2,3}"
+         r"|m?\\angle[A-Z]{1,3}|\\overline\{[A-Z]{2}\}")
+_PART = rf"(?:{_NAME}|[A-Za-z](?:_\{{?\w+\}}?)?)"
+_LABEL = re.compile(rf"{_NAME}|{_PART}(?::{_PART})+|\\frac\{{{_PART}\}}\{{{_PART}\}}")
+_REALS = r"\(-\\infty,\\infty\)"  # the real line, as normalisation writes \mathbb{R}
 _FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "=": "=", "!=": "!="}
 
 
@@ -124,10 +138,15 @@ def _parse_value(s: str, depth: int = 0) -> tuple:
             pass  # "x = \begin{pmatrix} ..." is a relation, handled below
     parts, _ = _split_top(s, (",",))
     if len(parts) > 1:
-        return ("list", _items(parts, depth))
-    parts, ops = _split_top(s, ("=", "<=", ">=", "<", ">", "!=", *("\\" + c for c in _REL_CMDS)))
+        return _exclusion(parts, depth) or ("list", _items(parts, depth))
+    parts, ops = _split_top(s, _REL_SEPS)
     if ops:
-        return _parse_relation(parts, [_REL_CMDS.get(o.lstrip("\\"), o) for o in ops], depth)
+        ops = [_REL_CMDS.get(o.lstrip("\\"), o) for o in ops]
+        return _exclusion([s], depth) or _parse_relation(parts, ops, depth)
+    parts, ops = _split_top(s, ("\\setminus",))
+    if len(ops) == 1:
+        whole, removed = (_parse_value(p, depth + 1) for p in parts)
+        return _set_difference(whole, removed) or _text_value(s)
     parts, ops = _split_top(s, ("\\cup",))
     if ops:
         return ("union", [_parse_value(p, depth + 1) for p in parts])
@@ -137,10 +156,15 @@ def _parse_value(s: str, depth: int = 0) -> tuple:
         if not a:
             return ("set", [_parse_value(b, depth + 1), _parse_value(f"-({b})", depth + 1)])
         return ("set", [_parse_value(f"{a}+({b})", depth + 1), _parse_value(f"{a}-({b})", depth + 1)])
+    parts, _ = _split_top(s, (":",))
+    clock = re.match(r"\d{1,2}:\d\d(?![\d:])\s*[A-Za-z]", s)  # "4:30 p.m." is a time, kept as text
+    if len(parts) > 1 and all(p.strip() for p in parts) and not clock:  # a ratio 3:8, or the label V_1:V_2
+        return ("tuple", ":", ":", _items(parts, depth))
     if _outer_group(s) and s[0] != "{":
         inner = s[1:-1]
         if s[0] == "\u2983":
-            builder = re.fullmatch(r"\s*[A-Za-z]\s*(?::|\\mid|\|)(.+)", inner, re.DOTALL)
+            builder = re.fullmatch(rf"\s*[A-Za-z]\s*(?:\\in\s*{_REALS}\s*)?(?::|\\mid|\|)(.+)", inner,
+                                   re.DOTALL)
             if builder:  # set-builder notation {x : x > 1} is its condition
                 return _parse_value(builder.group(1), depth + 1)
             items = _split_top(inner, (",",))[0] if inner.strip() else []
@@ -180,8 +204,83 @@ def _is_symbol(v: tuple) -> bool:
 
 
 def _is_label(v: tuple) -> bool:
-    """The left side of an answer given as "x = 5" or "(p, q, r) = (6, 31, -1)"."""
+    """The left side of an answer given as "x = 5", "|PQ| = 1", "(p, q, r) = (6, 31, -1)", "V_1:V_2 = 3:8"."""
     return _is_symbol(v) or (v[0] == "tuple" and all(_is_symbol(i) for i in v[3]))
+
+
+def _names_function_value(v: tuple) -> bool:
+    """Whether a label is y or f(x)-like: "y = 2x + 1" and "f(x) = 2x + 1" give the same function."""
+    return _is_symbol(v) and bool(_FUNC_VALUE.fullmatch(v[1][1]))
+
+
+def _real(node: tuple):
+    """The real value of a constant expression (an mpf, maybe infinite), or None."""
+    v = _mp_value(node, {})
+    return None if v is None or _MP.im(v) != 0 else _MP.re(v)
+
+
+def _puncture(intervals: list[tuple], points: list[tuple]) -> tuple | None:
+    """The intervals without the points, as an interval or a union; None unless every bound and
+    point is a real constant. (0, 20) without 4 is (0, 4) U (4, 20); [0, 5] without 0 is (0, 5]."""
+    values = [_real(p) for p in points]
+    if any(v is None or _MP.isinf(v) for v in values):
+        return None
+    cuts = sorted({v: p for v, p in zip(values, points)}.items())  # (value, expression), once each
+    out = []
+    for _, left, right, (lo, hi) in intervals:
+        a, b = (_real(v[1]) if v[0] == "expr" else None for v in (lo, hi))
+        if a is None or b is None:
+            return None
+        for x, node in cuts:
+            if x == a and left == "[":
+                left = "("
+            elif x == b and right == "]":
+                right = ")"
+            elif a < x < b:
+                out.append(("tuple", left, ")", [lo, ("expr", node)]))
+                left, lo, a = "(", ("expr", node), x
+        out.append(("tuple", left, right, [lo, hi]))
+    return out[0] if len(out) == 1 else ("union", out)
+
+
+def _set_difference(whole: tuple, removed: tuple) -> tuple | None:
+    """An interval or union of intervals without a finite set of constants: R \\setminus {0}."""
+    intervals = whole[1] if whole[0] == "union" else [whole]
+    if removed[0] != "set" or not all(v[0] == "tuple" and len(v[3]) == 2 and v[1] in "([" and v[2] in ")]"
+                                      for v in intervals):
+        return None
+    if not all(v[0] == "expr" and not _symbols(v[1]) for v in removed[1]):
+        return None
+    return _puncture(intervals, [v[1] for v in removed[1]])
+
+
+def _exclusion(parts: list[str], depth: int) -> tuple | None:
+    """"x \\neq 0" (or "x \\neq 2, x \\neq 3", "x \\neq \\pm 1") is the real line without those points;
+    None unless every part is one variable "not equal" to constants, the same variable throughout."""
+    if len(parts) > MAX_ITEMS:
+        return None  # refused by _items
+    names, points = set(), []
+    for part in parts:
+        sides, ops = _split_top(part, _REL_SEPS)
+        op = _REL_CMDS.get(ops[0].lstrip("\\"), ops[0]) if len(ops) == 1 else None
+        if op == "in" and re.fullmatch(rf"\s*[A-Za-z]\s*\\in\s*{_REALS}\s*", part):
+            continue  # "x \in R, x \neq 0": the domain, not a condition
+        if not ops and names:  # "x \neq -3, 3": more points excluded
+            sides, op = [next(iter(names)), part], "!="
+        if op != "!=":
+            return None
+        a, b = (_parse_value(x, depth + 1) for x in sides)
+        if _is_symbol(b) and not _is_symbol(a):
+            a, b = b, a
+        excluded = b[1] if b[0] == "set" else [b]
+        if not _is_symbol(a) or not all(v[0] == "expr" and not _symbols(v[1]) for v in excluded):
+            return None
+        names.add(a[1][1])
+        points += [v[1] for v in excluded]
+    if len(names) != 1:
+        return None
+    everything = ("tuple", "(", ")", [("expr", ("neg", ("const", "oo"))), ("expr", ("const", "oo"))])
+    return _puncture([everything], points)
 
 
 def _parse_relation(parts: list[str], ops: list[str], depth: int) -> tuple:
@@ -199,8 +298,10 @@ def _parse_relation(parts: list[str], ops: list[str], depth: int) -> tuple:
             return _parse_value(parts[0], depth + 1)
         return _parse_relation(parts, ops, depth)
     values = [_parse_value(p, depth + 1) for p in parts]
-    if _FUNC_LABEL.fullmatch(parts[0]):  # "f(x) = 2x + 1" names its value like "y = 2x + 1"
-        values[0] = ("expr", ("sym", re.sub(r"\s+", "", parts[0])))
+    label = re.sub(r"\s+", "", parts[0])  # "f(x) = ..." names its value like "y = ..."; "|PQ| = 1" its 1
+    if not _is_symbol(values[0]) and (_FUNC_VALUE.fullmatch(label)
+                                      or set(ops) == {"="} and _LABEL.fullmatch(label)):
+        values[0] = ("expr", ("sym", label))
     if ops == ["in"]:
         return values[1]
     if set(ops) == {"="}:
@@ -224,9 +325,9 @@ def _isolate_variable(values: list[tuple], ops: list[str]) -> tuple[list[tuple],
         return values, ops
     (name,) = names
     m, m1 = _exact(_substitute(diff, name, "0")), _exact(_substitute(diff, name, "1"))
-    m2 = _exact(_substitute(diff, name, "2"))
-    if m is None or m1 is None or m2 is None or m1 - m == 0 or m2 - m1 != m1 - m:
-        return values, ops
+    m2, m_1 = _exact(_substitute(diff, name, "2")), _exact(_substitute(diff, name, "-1"))
+    if None in (m, m1, m2, m_1) or m1 - m == 0 or m2 - m1 != m1 - m or m - m_1 != m1 - m:
+        return values, ops  # not linear: |x| < 3 agrees with x < 3 at 0, 1 and 2, but not at -1
     k, root = m1 - m, -m / (m1 - m)  # diff = k (x - root)
     bound = ("div", ("num", str(abs(root.numerator))), ("num", str(root.denominator)))
     op = ops[0] if k > 0 else _FLIP[ops[0]]

@@ -13,8 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GRADER_NAME = "reasoning.grading"
-# Recorded with every evaluation: bump it whenever any verdict could change.
-GRADER_VERSION = "1.0.0"
+# Recorded with every evaluation: bump it whenever any verdict could change; the major part when an
+# answer it accepted may now be refused (a convention reversed), so old and new accuracies differ in
+# meaning. 2.0.0: the last closed box beats a later "the answer is" phrase, a completion cut off inside
+# its last box has no answer, x = 3 is not y = 3, and the other conventions of issue 15.
+GRADER_VERSION = "2.0.0"
 
 REASONS = ("string-match", "numeric-match", "symbolic-match", "mismatch", "no-answer",
            "refused-unsafe", "timeout", "grader-error")
