@@ -17,11 +17,12 @@ Design choices:
   rerun with the same teacher regenerates nothing (filter settings can change freely); a
   different teacher writes a different journal, never a mix.
   Each problem's seed comes from its id, so engine samples do not depend on batching or resumes.
-- SFT examples use the chat template. The prompt is exactly what `prompts.render` sends at
-  evaluation (`student_prompt`), tokenised on its own as generation will see it, and the loss
-  covers only the response after it, up to and including `<|im_end|>`. With `think`, the
-  thinking goes inside `<think>...</think>`; without, it is plain text after Qwen3's empty
-  think block (its non-thinking mode), so each variant is evaluated with its own prompt.
+- SFT examples use the student's own chat template (the checkpoint's, else our built-in one). The
+  prompt is exactly what `prompts.render` sends at evaluation (`student_prompt`), tokenised on its
+  own as generation will see it, and the loss covers only the response after it, up to and
+  including `<|im_end|>`. With `think`, the thinking goes inside `<think>...</think>`; without,
+  it is plain text after Qwen3's empty think block (its non-thinking mode), so each variant is
+  evaluated with its own prompt.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ from .config import stable_hash
 from .data import normalize_problem, rows_with
 from .generate import SamplingConfig
 from .grading import GRADER_NAME, GRADER_VERSION, grade
-from .prompts import PromptConfig, render
+from .prompts import PromptConfig, prompt_hash, render
 from .records import resume_records, run_resumable, shard
 from .seeds import problem_seed
 from .teacher import Teacher, TeacherConfig
-from .tokenizer import THINK_CLOSE, THINK_OPEN, Tokenizer, render_chat
+from .tokenizer import THINK_CLOSE, THINK_OPEN, Tokenizer
 from .train import Example, TrainConfig
 
 if TYPE_CHECKING:
@@ -206,7 +207,8 @@ def judge(problem: dict[str, Any], samples: Sequence[dict[str, Any]], cfg: Trace
 def sample_hash(teacher: Teacher, cfg: TracesConfig) -> str:
     """Hash of what determines the raw samples; names the journal. Filter settings are left out."""
     return stable_hash({"teacher": {k: teacher.info[k] for k in ("kind", "id", "revision")},
-                        "prompt": cfg.teacher.prompt.hash, "sampling": dataclasses.asdict(cfg.sampling),
+                        "prompt": prompt_hash(cfg.teacher.prompt, teacher.chat_template),
+                        "sampling": dataclasses.asdict(cfg.sampling),
                         "n": cfg.n, "seed": cfg.seed})
 
 
@@ -240,7 +242,8 @@ def generate_traces(teacher: Teacher, train: Sequence[dict[str, Any]], test: Seq
     journaled = dict(zip(ids, run_resumable(ids, done, entries, journal, progress, "teacher traces", comm=comm)))
 
     provenance = {"teacher": teacher.info["id"], "teacher_kind": teacher.info["kind"],
-                  "teacher_revision": teacher.info["revision"], "prompt_hash": cfg.teacher.prompt.hash,
+                  "teacher_revision": teacher.info["revision"],
+                  "prompt_hash": prompt_hash(cfg.teacher.prompt, teacher.chat_template),
                   "sample_hash": tag, "grader": GRADER_NAME, "grader_version": GRADER_VERSION}
     rows = [r for pid, p in zip(ids, problems) for r in judge(p, journaled[pid]["samples"], cfg, provenance)]
     if not rows:
@@ -268,18 +271,21 @@ def generate_traces(teacher: Teacher, train: Sequence[dict[str, Any]], test: Seq
 
 
 def sft_example(problem: str, thinking: str, content: str, tok: Tokenizer, cfg: SFTConfig) -> Example:
-    """(tokens, loss_mask) of one trace in the chat template; the mask covers the response only."""
-    prompt = render(problem, student_prompt(cfg))
+    """(tokens, loss_mask) of one trace in the student's chat template (`tok.chat_template`); the mask
+    covers the response only. ValueError when the template's conversation does not begin with its
+    own generation prompt (no response to put the loss on)."""
+    prompt_cfg = student_prompt(cfg)
+    prompt = render(problem, prompt_cfg, tok.chat_template)
     if cfg.think:
         answer = {"role": "assistant", "content": content, "reasoning_content": thinking}
     else:  # Qwen3's non-thinking mode: an empty think block (part of the prompt), then the text
         answer = {"role": "assistant", "content": f"{thinking}\n\n{content}" if thinking else content,
                   "reasoning_content": ""}
-    system = [{"role": "system", "content": cfg.system}] if cfg.system else []
-    text = render_chat([*system, {"role": "user", "content": problem.strip()}, answer],
-                       add_generation_prompt=False)
+    text = tok.apply_chat_template([*prompt_cfg.messages(problem), answer], add_generation_prompt=False)
     if not text.startswith(prompt):
-        raise AssertionError("the chat template's conversation does not start with the evaluation prompt")
+        raise ValueError(f"{tok.chat_template.origin}: a conversation does not begin with the prompt the model is "
+                         f"evaluated behind ({prompt[-60:]!r}), so the response cannot be told apart; train "
+                         "with a template whose generation prompt opens the assistant turn it renders")
     # The newline after <|im_end|> is never generated (generation stops at <|im_end|>): not a target.
     response = text[len(prompt):].removesuffix("\n")
     p, r = tok.encode(prompt), tok.encode(response)

@@ -33,7 +33,7 @@ from .files import read_jsonl, write_jsonl
 from .generate import Generator, SamplingConfig, check_matmul_dtype
 from .grading import GRADER_NAME, GRADER_VERSION
 from .metrics import accuracy_summary
-from .prompts import PromptConfig
+from .prompts import PromptConfig, chat_template_of, prompt_hash
 from .records import (Record, chunked, expected_fields, grade_record, journal, new_record, problem_prompts,
                       resume_records, run_resumable, shard)
 from .seeds import problem_seed
@@ -74,6 +74,8 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
              progress: bool = True, comm: Dist | None = None) -> tuple[list[Record], dict[str, Any]]:
     """Generate, grade and score `problems` (dataset rows); return (records in problem order, metrics).
 
+    Chat prompts render with the generator's tokenizer's chat template (`prompts.chat_template_of`).
+
     With `records_path`, records are appended there as batches finish, and records already in the
     file are reused (resume); the file ends holding exactly the returned records. The generator's
     `model_id` (the weights' content hash) is stored in each record, so a resume never mixes two
@@ -82,10 +84,11 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
     With `comm` of several ranks (torchrun), each rank generates its `records.shard` of the problems
     and every rank returns all records and the same metrics (records.run_resumable).
     """
-    ids, prompts, golds = problem_prompts(list(problems)[:cfg.limit], cfg.prompt)
-    model_id = generator.model_id
+    template = chat_template_of(generator, cfg.prompt)
+    ids, prompts, golds = problem_prompts(list(problems)[:cfg.limit], cfg.prompt, template)
+    model_id, p_hash = generator.model_id, prompt_hash(cfg.prompt, template)
     done = resume_records(records_path, expected_fields(prompts, golds),
-                          {"config_hash": cfg.hash, "model_id": model_id},
+                          {"config_hash": cfg.hash, "prompt_hash": p_hash, "model_id": model_id},
                           "evaluation config", regrade=grade_record) if records_path else {}
 
     # Similar prompt lengths share a batch (less padding); the order is fixed by the data alone.
@@ -97,7 +100,7 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
                                   seeds=[problem_seed(pid, cfg.seed) for pid in batch])
         share = (time.perf_counter() - t0) / len(batch)
         return {pid: new_record(pid, prompts[pid], golds[pid], c.text, len(c.tokens), c.finish_reason, share,
-                                cfg.hash, cfg.prompt.hash, model_id) for pid, [c] in zip(batch, outs)}
+                                cfg.hash, p_hash, model_id) for pid, [c] in zip(batch, outs)}
 
     records = run_resumable(ids, done, chunked(todo, cfg.batch_size, work), records_path, progress, "evaluate",
                             lambda d: {"acc": f"{sum(r['correct'] for r in d.values()) / len(d):.3f}"}, comm)

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -477,6 +477,22 @@ class GenerationSettings(Protocol):
     matmul_dtype: str
 
 
+def hf_generation_config(tokenizer: Tokenizer, sampling: SamplingConfig | None = None) -> dict[str, Any]:
+    """generation_config.json for a model run with `tokenizer`: stop where our engine stops
+    (`Tokenizer.generation_token_ids`) and sample with `sampling`'s settings as transformers names them
+    (greedy: do_sample false; top_k and top_p only when on)."""
+    cfg = tokenizer.generation_token_ids()
+    if sampling is not None:
+        cfg["do_sample"] = not sampling.greedy
+        if not sampling.greedy:
+            cfg["temperature"] = sampling.temperature
+            if sampling.top_k:
+                cfg["top_k"] = sampling.top_k
+            if sampling.top_p < 1:
+                cfg["top_p"] = sampling.top_p
+    return cfg
+
+
 def load_generator(source: str | Path, settings: GenerationSettings, setting: str = "--model") -> Generator:
     """A `Generator` for the checkpoint `source` (a directory or hf:<repo>[@<revision>]) on the
     settings' device and dtype, with its tokenizer and its `model_id` (the weights' content hash).
@@ -500,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "reported apart) and the process's peak memory.")
     ap.add_argument("--model", required=True, help="checkpoint directory, or a hub id such as hf:Qwen/Qwen3-0.6B")
     ap.add_argument("--prompt", required=True, help="the prompt text (or the user message with --chat)")
-    ap.add_argument("--chat", action="store_true", help="wrap the prompt in the Qwen3 chat template")
+    ap.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     ap.add_argument("--think", action="store_true", help="with --chat: let the model think in <think> first")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
@@ -521,7 +537,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     tok = Tokenizer(ckpt)
     dtype = checkpoint_dtype(ckpt, args.device) if args.dtype == "auto" else DTYPES[args.dtype]
     model = load_model(ckpt, dtype, args.device)
-    text = render(args.prompt, PromptConfig(template="chat", think=args.think)) if args.chat else args.prompt
+    text = args.prompt
+    if args.chat:
+        text = render(args.prompt, PromptConfig(template="chat", think=args.think), tok.chat_template)
     gen = Generator(model, tok, compile=args.compile, batch_size=1, matmul_dtype=args.matmul_dtype)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
 

@@ -52,7 +52,7 @@ from .generate import GREEDY_BELOW, Completion, Generator, SamplingConfig, check
 from .grading import GRADER_NAME, GRADER_VERSION, grade
 from .metrics import compare_records
 from .model import Qwen3
-from .prompts import PromptConfig, render
+from .prompts import PromptConfig, chat_template_of, render
 from .seeds import sample_seed
 from .tokenizer import Tokenizer
 from .train import Example, LogFn, NonFiniteError, TrainConfig, adamw, check_finite, collate, lr_at
@@ -396,7 +396,8 @@ class Group:
 def sample_groups(generator: Generator, items: Sequence[tuple[int, dict[str, Any]]], cfg: GRPOConfig,
                   reward_fns: Mapping[str, RewardFn]) -> list[Group]:
     """Roll out G completions for each (position, row) and score them with every reward function."""
-    prompts = [generator.tokenizer.encode(render(row["problem"], cfg.prompt)) for _, row in items]
+    template = chat_template_of(generator, cfg.prompt)
+    prompts = [generator.tokenizer.encode(render(row["problem"], cfg.prompt, template)) for _, row in items]
     outs = generator.generate(prompts, cfg.sampling, n=cfg.num_generations,
                               seeds=[sample_seed(cfg.seed, pos) for pos, _ in items])
     groups = []

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from tqdm import tqdm
 
+from .chat_template import ChatTemplate
 from .config import run_dir
 from .files import JsonlAppender, read_jsonl, write_jsonl
 from .grading import grade
@@ -62,17 +63,17 @@ class Record(TypedDict):
     model_id: str  # content hash of the weights (weights.model_id)
 
 
-def problem_prompts(problems: Sequence[dict[str, Any]],
-                    prompt: PromptConfig) -> tuple[list[str], dict[str, str], dict[str, str]]:
+def problem_prompts(problems: Sequence[dict[str, Any]], prompt: PromptConfig,
+                    chat_template: ChatTemplate | None = None) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """(ids, prompt by id, gold answer by id) of dataset rows, the start of every resumable run;
-    `expected_fields` of them is what a kept record must still match. Raises ValueError for an empty
-    set or repeated ids."""
+    `expected_fields` of them is what a kept record must still match. Chat prompts render with
+    `chat_template` (the model's). Raises ValueError for an empty set or repeated ids."""
     if not problems:
         raise ValueError("no problems to run: the dataset is empty")
     ids = [str(p["id"]) for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError("problem ids are not unique; pass the rows through reasoning.data.validate_rows")
-    prompts = {pid: render(p["problem"], prompt) for pid, p in zip(ids, problems)}
+    prompts = {pid: render(p["problem"], prompt, chat_template) for pid, p in zip(ids, problems)}
     return ids, prompts, {pid: str(p["answer"]) for pid, p in zip(ids, problems)}
 
 

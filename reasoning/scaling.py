@@ -48,7 +48,7 @@ from .generate import Completion, SamplingConfig, check_matmul_dtype
 from .grading import answers_equivalent, extract_answer
 from .files import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from .metrics import answer_classes, compare_records, mean_pass_at_k
-from .prompts import PromptConfig, render
+from .prompts import PromptConfig, chat_template_of, prompt_hash, render
 from .records import (Record, chunked, expected_fields, grade_record, problem_prompts, resume_records, run_resumable,
                       shard)
 from .report import TABLE_FIELDS, plot_frontier, scaling_table, write_csv
@@ -315,9 +315,12 @@ def _shares(completions: Sequence[Completion], seconds: float) -> list[float]:
     return [seconds * w / sum(weights) for w in weights]
 
 
-def _instruction(text: str, cfg: PromptConfig) -> str:
-    """A critique/refine instruction as the model sees it: raw for base models, a user turn for chat."""
-    return text if cfg.template == "base" else render(text, dataclasses.replace(cfg, cot_suffix=""))
+def _instruction(text: str, cfg: PromptConfig, generator: Any) -> str:
+    """A critique/refine instruction as the model sees it: raw for base models, a user turn in the
+    model's chat template for chat."""
+    if cfg.template == "base":
+        return text
+    return render(text, dataclasses.replace(cfg, cot_suffix=""), chat_template_of(generator, cfg))
 
 
 class _Runner:
@@ -386,18 +389,19 @@ def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: Metho
     """Run `method` on `problems` (dataset rows); return one record per problem, in problem order.
 
     `generator` is a `Generator` (or anything with its `generate`, `model`, `tokenizer` and
-    `model_id`). With `records_path`, records are appended as batches finish and a rerun reuses
-    them (resume). `donor` maps problem id to a record of another sampling method with the same
+    `model_id`); chat prompts render with its tokenizer's chat template. With `records_path`,
+    records are appended as batches finish and a rerun reuses them (resume). `donor` maps problem id to a record of another sampling method with the same
     `sample_key`, seed and at least n samples: its samples are reused instead of generated. The
     generator's `model_id` is stored in each record, so a resume never mixes two models' records.
     With `comm` of several ranks (torchrun), each rank runs its `records.shard` of the problems and
     every rank returns all records.
     """
-    ids, prompts, golds = problem_prompts(list(problems), method.prompt)
+    template = chat_template_of(generator, method.prompt)
+    ids, prompts, golds = problem_prompts(list(problems), method.prompt, template)
     rows = dict(zip(ids, problems))
-    model_id = generator.model_id
+    model_id, p_hash = generator.model_id, prompt_hash(method.prompt, template)
     done = resume_records(records_path, expected_fields(prompts, golds),
-                          {"config_hash": method.hash(seed), "model_id": model_id},
+                          {"config_hash": method.hash(seed), "prompt_hash": p_hash, "model_id": model_id},
                           f"configuration of method {method.name!r}",
                           regrade=lambda r: {**r, "samples": [_graded(s, r["gold"]) for s in r["samples"]]},
                           ) if records_path else {}
@@ -419,7 +423,7 @@ def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: Metho
             for pid, seconds in zip(chunk, spent):
                 new[pid]["scoring_seconds"] = seconds
         return {pid: {"id": pid, "prompt": prompts[pid], "gold": golds[pid], "config_hash": method.hash(seed),
-                      "prompt_hash": method.prompt.hash, "model_id": model_id, **new[pid]} for pid in chunk}
+                      "prompt_hash": p_hash, "model_id": model_id, **new[pid]} for pid in chunk}
 
     return run_resumable(ids, done, chunked(todo, per_chunk, work), records_path, progress, method.name, comm=comm)
 
@@ -455,10 +459,10 @@ def _refine(runner: _Runner, chunk: list[str], rows: dict[str, dict], prompts: d
         current = {pid: rec[pid]["samples"][rec[pid]["current"][-1]]["completion"] for pid in chunk}
         question = {p: rows[p]["problem"].strip() for p in chunk}
         crit_prompts = [_instruction(CRITIQUE_TEMPLATE.format(problem=question[p], draft=current[p]),
-                                     m.prompt) for p in chunk]
+                                     m.prompt, runner.gen) for p in chunk]
         crits, crit_sh = runner.generate(crit_prompts, [f"{p}/critique/{it}" for p in chunk], crit_sampling)
         ref_prompts = [_instruction(REFINE_TEMPLATE.format(problem=question[p], draft=current[p],
-                                                           critique=c.text.strip()), m.prompt)
+                                                           critique=c.text.strip()), m.prompt, runner.gen)
                        for p, [c] in zip(chunk, crits)]
         revs, rev_sh = runner.generate(ref_prompts, [f"{p}/refine/{it}" for p in chunk], m.sampling)
         # A revision's generation log-probs are conditioned on the refine prompt, not the method's

@@ -23,12 +23,13 @@ from typing import Any, Protocol
 
 import torch
 
+from .chat_template import ChatTemplate
 from .data import normalize_problem
 from .endpoint import ChatClient, EndpointConfig
 from .files import read_json, read_jsonl, sha256_file
 from .generate import Generator, SamplingConfig, check_matmul_dtype, load_generator
 from .hub import HubError
-from .prompts import COT_SUFFIX, PromptConfig, render
+from .prompts import COT_SUFFIX, PromptConfig, chat_template_of, render
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class TeacherConfig:
 class Teacher(Protocol):
     info: dict[str, str]  # kind, id, revision
     device: torch.device  # where it computes: its engine's device, or the CPU (endpoint, file)
+    chat_template: ChatTemplate | None  # what chat prompts render with here; None: none we can see
 
     def sample(self, problems: Sequence[str], n: int,
                seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
@@ -66,12 +68,13 @@ class Teacher(Protocol):
 
 
 class EngineTeacher:
-    """A model run by our engine; problems go through `render(problem, prompt)`."""
+    """A model run by our engine; problems go through `render` (chat: in the model's own template)."""
 
     def __init__(self, generator: Generator, prompt: PromptConfig, sampling: SamplingConfig,
                  info: dict[str, str]):
         self.generator, self.prompt, self.sampling, self.info = generator, prompt, sampling, info
         self.device = generator.model.device
+        self.chat_template = chat_template_of(generator, prompt)
 
     def sample(self, problems: Sequence[str], n: int,
                seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
@@ -79,8 +82,8 @@ class EngineTeacher:
         for start in range(0, len(problems), per_call):
             chunk = range(start, min(start + per_call, len(problems)))
             t0 = time.perf_counter()
-            outs = self.generator.generate([render(problems[i], self.prompt) for i in chunk], self.sampling,
-                                           n=n, seeds=[seeds[i] for i in chunk])
+            outs = self.generator.generate([render(problems[i], self.prompt, self.chat_template) for i in chunk],
+                                           self.sampling, n=n, seeds=[seeds[i] for i in chunk])
             share = (time.perf_counter() - t0) / len(chunk)
             for i, comps in zip(chunk, outs):
                 yield i, [{"text": c.text, "reasoning": None, "finish_reason": c.finish_reason,
@@ -90,15 +93,16 @@ class EngineTeacher:
 class EndpointTeacher:
     """A model behind an OpenAI-compatible endpoint; the server applies its chat template."""
 
+    chat_template = None  # the server's, which we do not see
+
     def __init__(self, client: ChatClient, prompt: PromptConfig, sampling: SamplingConfig, info: dict[str, str]):
         self.client, self.prompt, self.sampling, self.info = client, prompt, sampling, info
         self.device = torch.device("cpu")
 
     def sample(self, problems: Sequence[str], n: int,
                seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
-        system = [{"role": "system", "content": self.prompt.system}] if self.prompt.system else []
         s = self.sampling
-        requests = [{"messages": system + [{"role": "user", "content": p.strip() + self.prompt.cot_suffix}],
+        requests = [{"messages": self.prompt.messages(p),
                      "n": n, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_new_tokens,
                      "seed": seed % 2**31, "stop": s.stop_strings}  # 31 bits: some servers take int32 seeds
                     for p, seed in zip(problems, seeds)]
@@ -109,6 +113,8 @@ class EndpointTeacher:
 
 class FileTeacher:
     """Traces generated elsewhere (rows {problem, message_thinking, message_content}), looked up by problem."""
+
+    chat_template = None  # no prompt is rendered here
 
     def __init__(self, rows: Sequence[dict[str, Any]], info: dict[str, str]):
         self.info = info

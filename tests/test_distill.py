@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -25,13 +26,14 @@ from reasoning.distill import (
 from reasoning.files import read_json, read_jsonl, write_jsonl
 from reasoning.generate import Completion, SamplingConfig
 from reasoning.grading import GRADER_NAME, GRADER_VERSION
-from reasoning.prompts import COT_SUFFIX, PromptConfig, render
+from reasoning.prompts import COT_SUFFIX, PromptConfig, prompt_hash, render
 from reasoning.endpoint import ChatClient, EndpointConfig, EndpointError
 from reasoning.teacher import EndpointTeacher, EngineTeacher, TeacherConfig, load_teacher
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model
 from stages.distill_sft import main as sft_main
 from stages.teacher_traces import main as traces_main
+from tests.hf_parity import assert_chat_matches_transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,7 +199,7 @@ def test_sft_loss_mask_covers_exactly_the_response(tiny_tokenizer_path, think):
     tokens, mask = sft_example("What is 12 + 7?", "12 + 7 = 19", "\\boxed{19}", tok, cfg)
     first = mask.index(1)
     assert set(mask[:first]) == {0} and set(mask[first:]) == {1}  # one contiguous response span at the end
-    prompt = render("What is 12 + 7?", student_prompt(cfg))
+    prompt = render("What is 12 + 7?", student_prompt(cfg), tok.chat_template)
     assert tok.decode(tokens[:first]) == prompt
     response = tok.decode(tokens[first:])
     if think:
@@ -207,6 +209,17 @@ def test_sft_loss_mask_covers_exactly_the_response(tiny_tokenizer_path, think):
         assert prompt.endswith("<think>\n\n</think>\n\n")
         assert response == "12 + 7 = 19\n\n\\boxed{19}<|im_end|>"
     assert tokens[-1] == tok.im_end_id
+
+
+def test_sft_needs_a_template_whose_conversation_extends_its_prompt(tiny_tokenizer_path, tmp_path):
+    """The loss goes on what follows the evaluation prompt; a template that renders the answered
+    conversation otherwise (here: no generation prompt inside it) cannot be trained behind."""
+    shutil.copyfile(tiny_tokenizer_path, tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": (
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant (thinking):{% endif %}")}))
+    with pytest.raises(ValueError, match=f"{tmp_path}.*does not begin with the prompt"):
+        sft_example("What is 12 + 7?", "12 + 7 = 19", "\\boxed{19}", Tokenizer(tmp_path), SFTConfig())
 
 
 def test_sft_examples_hold_out_whole_problems(tiny_tokenizer_path):
@@ -358,6 +371,14 @@ def test_killed_sft_resumes_to_the_same_model_and_log(sft_inputs, tiny_ckpt, mon
     assert straight["steps"] == 8 and straight["train_examples"] == 16 and straight["val_examples"] == 8
     meta = read_json(root / "straight" / "model" / "metadata.json")
     assert meta["prompt"] == dataclasses.asdict(PromptConfig(template="chat", think=True))
+    # The export: the base's tokenizer files and template, stops at <|im_end|> or <|endoftext|> anywhere.
+    sft, tok = root / "straight" / "model", Tokenizer(tiny_ckpt)
+    assert (sft / "tokenizer_config.json").read_bytes() == (tiny_ckpt / "tokenizer_config.json").read_bytes()
+    assert read_json(sft / "generation_config.json") == {
+        "bos_token_id": tok.eos_id, "eos_token_id": [tok.im_end_id, tok.eos_id], "pad_token_id": tok.eos_id}
+    assert meta["prompt_hash"] == straight["prompt_hash"] == prompt_hash(PromptConfig(template="chat", think=True),
+                                                                         tok.chat_template)
+    assert_chat_matches_transformers(sft, root / "straight", think=True)
     assert not (root / "straight" / "state").exists() or not any((root / "straight" / "state").iterdir())
 
     import stages.distill_sft as stage

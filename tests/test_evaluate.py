@@ -8,9 +8,11 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from reasoning.chat_template import BUILTIN_TEMPLATE, ChatTemplate
 from reasoning.config import from_dict
 from reasoning.data import write_dataset
 from reasoning.evaluate import EvalConfig, evaluate, metrics_from_records, regrade
@@ -44,12 +46,15 @@ def fake_answer(i: int) -> tuple[str, int, str]:
 
 
 class FakeGenerator:
-    """Stands in for `Generator`: answers by `fake_answer`; `fail_after` batches, it raises (a kill)."""
+    """Stands in for `Generator`: answers by `fake_answer`; `fail_after` batches, it raises (a kill). Its
+    tokenizer holds only a chat template, the built-in one."""
 
     model_id = ""
+    tokenizer = SimpleNamespace(chat_template=ChatTemplate(BUILTIN_TEMPLATE))
 
     def __init__(self, problems: list[dict], prompt: PromptConfig, fail_after: int | None = None):
-        self.index = {render(p["problem"], prompt): int(p["id"][1:]) for p in problems}
+        self.index = {render(p["problem"], prompt, self.tokenizer.chat_template): int(p["id"][1:])
+                      for p in problems}
         self.fail_after = fail_after
         self.calls: list[tuple[list[str], list[int]]] = []
 

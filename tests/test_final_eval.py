@@ -9,9 +9,10 @@ import yaml
 
 from reasoning.evaluate import EvalConfig
 from reasoning.generate import SamplingConfig
-from reasoning.prompts import PromptConfig, render
 from reasoning.data import write_dataset
 from reasoning.grading import GRADER_NAME, GRADER_VERSION
+from reasoning.prompts import PromptConfig, prompt_hash, render
+from reasoning.tokenizer import Tokenizer
 from stages.final_eval import evaluate_model, main, model_eval_config
 
 PROBLEMS = [{"id": "p1", "problem": "What is 2 + 3?", "answer": "5", "solution": "", "level": 1, "subject": "toy"}]
@@ -29,8 +30,9 @@ def test_model_prompt_comes_from_its_metadata(tmp_path, tiny_ckpt):
     (chat / "metadata.json").write_text(json.dumps({"prompt": {"template": "chat", "think": True}}))
     assert model_eval_config(chat, cfg).prompt == prompt
     records, metrics = evaluate_model(chat, PROBLEMS, cfg, tmp_path / "runs", "data-sha")
-    assert records[0]["prompt"] == render(PROBLEMS[0]["problem"], prompt)
-    assert metrics["prompt_hash"] == prompt.hash
+    template = Tokenizer(chat).chat_template
+    assert records[0]["prompt"] == render(PROBLEMS[0]["problem"], prompt, template)
+    assert metrics["prompt_hash"] == prompt_hash(prompt, template) != prompt.hash  # names the template too
 
 
 def test_metrics_name_the_grader(tmp_path, tiny_ckpt):

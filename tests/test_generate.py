@@ -222,7 +222,7 @@ def test_cli_prints_completion_and_speed(tiny_ckpt, capsys):
     out, err = capsys.readouterr()
     # the same generation by hand: chat template, greedy, 8 tokens, the CLI's default matmul dtype
     tok = Tokenizer(tiny_ckpt)
-    prompt = render("What is 2 + 2?", PromptConfig(template="chat", think=False))
+    prompt = render("What is 2 + 2?", PromptConfig(template="chat", think=False), tok.chat_template)
     [[ref]] = Generator(load_model(tiny_ckpt), tok, batch_size=1, matmul_dtype="auto").generate(
         [prompt], SamplingConfig(max_new_tokens=8), seeds=[0])
     assert ref.finish_reason == "stop" or len(ref.tokens) == 8

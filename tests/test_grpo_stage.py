@@ -20,7 +20,9 @@ from reasoning.data import write_dataset
 from reasoning.files import read_json
 from reasoning.grading import GRADER_NAME, GRADER_VERSION
 from reasoning.prompts import COT_SUFFIX, PromptConfig
+from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model
+from tests.hf_parity import assert_chat_matches_transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = {"template": "base", "cot_suffix": COT_SUFFIX}
@@ -87,7 +89,15 @@ def test_killed_run_resumes_to_the_same_model_and_outputs(world, tiny_ckpt, monk
     assert (straight["grader"], straight["grader_version"]) == (GRADER_NAME, GRADER_VERSION)
     meta = read_json(out / "model" / "metadata.json")
     assert meta["prompt"] == dataclasses.asdict(PromptConfig(cot_suffix=COT_SUFFIX))
-    assert (out / "model" / "tokenizer.json").read_bytes() == (tiny_ckpt / "tokenizer.json").read_bytes()
+    # The export: the start model's tokenizer files and template, the held-out evaluation's (greedy)
+    # sampling, stopping at <|im_end|> or <|endoftext|>; transformers chats with it as our engine does.
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (out / "model" / name).read_bytes() == (tiny_ckpt / name).read_bytes()
+    tok = Tokenizer(tiny_ckpt)
+    assert read_json(out / "model" / "generation_config.json") == {
+        "bos_token_id": tok.eos_id, "eos_token_id": [tok.im_end_id, tok.eos_id], "pad_token_id": tok.eos_id,
+        "do_sample": False}
+    assert_chat_matches_transformers(out / "model", out, think=False)
     assert not any((out / "state").iterdir())  # the training state is deleted on success
     curve = read_json(out / "curve.json")
     assert [r["step"] for r in curve] == [1, 2, 3, 4]

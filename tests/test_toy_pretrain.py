@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reasoning.files import sha256_file
+from reasoning.prompts import COT_SUFFIX, PromptConfig, render
 from reasoning.tokenizer import Tokenizer
 from reasoning.toy.pretrain import ToyBaseConfig, build_base
 from reasoning.toy.task import generate_problems
@@ -56,9 +57,19 @@ def test_hf_transformers_loads_the_base(built):
     out = built[0]
     ours = load_model(out)
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    ids = torch.tensor([Tokenizer(out).encode(ROWS[1]["problem"])])
+    tok = Tokenizer(out)
+    ids = torch.tensor([tok.encode(ROWS[1]["problem"])])
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, ours(ids), atol=1e-4, rtol=1e-4)
+    # Its tokenizer: the toy pre-tokenizer as trained (not Qwen's pattern) and the built-in chat template.
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    chat = [{"role": "user", "content": ROWS[2]["problem"]}]
+    text = tok.apply_chat_template(chat, enable_thinking=False)
+    assert tok.chat_template.builtin and text == hf_tok.apply_chat_template(
+        chat, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    for t in (text, render(ROWS[1]["problem"], PromptConfig(cot_suffix=COT_SUFFIX)) + "\nAnswer:\n7"):
+        assert hf_tok.encode(t, add_special_tokens=False) == tok.encode(t)
+    assert transformers.GenerationConfig.from_pretrained(out).eos_token_id == [tok.im_end_id, tok.eos_id]
 
 
 def test_build_is_deterministic_and_a_killed_build_resumes_to_the_same_model(built, tmp_path):

@@ -20,7 +20,7 @@ from reasoning.data import SCHEMA_FIELDS, answer_from_solution, validate_rows
 from reasoning.prompts import COT_SUFFIX, PromptConfig, render
 from reasoning.tokenizer import ENDOFTEXT, IM_END, IM_START
 from reasoning.toy.task import (
-    FAMILIES, LEVELS, generate_problems, make_splits, pretrain_corpus, require_disjoint,
+    FAMILIES, LEVELS, TOY_CHAT_TEMPLATE, generate_problems, make_splits, pretrain_corpus, require_disjoint,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +174,8 @@ def test_pretrain_corpus_kinds():
         elif body == f"{row['problem']}\n{row['solution']}":
             kinds["plain"] += 1
         else:  # the chat transcript continues the exact prompt evaluation sends, thinking off
-            assert body == f"{render(row['problem'], PromptConfig(template='chat'))}{boxed}{IM_END}\n", body
+            prompt = render(row["problem"], PromptConfig(template="chat"), TOY_CHAT_TEMPLATE)
+            assert body == f"{prompt}{boxed}{IM_END}\n", body
             assert body.count(IM_START) == 2
             kinds["chat"] += 1
     for kind, frac in {"direct": 0.4, "chat": 0.1, "plain": 0.2, "cot": 0.3}.items():

@@ -6,9 +6,7 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
 from reasoning.prompts import COT_SUFFIX, PromptConfig, render
-from reasoning.tokenizer import (
-    ENDOFTEXT, IM_END, IM_START, SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN, Tokenizer, render_chat,
-)
+from reasoning.tokenizer import ENDOFTEXT, IM_END, IM_START, SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN, Tokenizer
 from reasoning.toy.task import generate_problems, pretrain_corpus
 from reasoning.toy.tokenizer import train_tokenizer
 
@@ -32,26 +30,27 @@ def test_loads_with_qwen3_special_tokens_at_fixed_ids(tok_path):
 
 def test_round_trip_with_chat_template_and_thinking(tok_path):
     tok = Tokenizer(tok_path)
+    assert tok.chat_template.builtin  # the toy tokenizer ships no template of its own
     row = ROWS[0]
     boxed = f"\\boxed{{{row['answer']}}}"
-    chat = render_chat([
+    chat = tok.apply_chat_template([
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": row["problem"]},
         {"role": "assistant", "content": boxed, "reasoning_content": row["solution"]},
         {"role": "user", "content": "Again, naïve ∑ π ≤ 3 — ok?"},  # characters the corpus never had
     ])
-    no_think = render(row["problem"], PromptConfig(template="chat", think=False))
+    no_think = render(row["problem"], PromptConfig(template="chat", think=False), tok.chat_template)
     texts = [chat, no_think, DOCS[1], "1234567 + 89"]
     for text in texts:
         ids = tok.encode(text)
         assert tok.decode(ids) == text
         for special, i in tok.special_ids.items():
             assert ids.count(i) == text.count(special)
-    hi = render_chat([{"role": "user", "content": "hi"}])  # defaults: generation prompt, thinking on
+    hi = tok.apply_chat_template([{"role": "user", "content": "hi"}])  # defaults: generation prompt, thinking on
     assert hi == f"{IM_START}user\nhi{IM_END}\n{IM_START}assistant\n"
-    assert render_chat([{"role": "user", "content": "hi"}], enable_thinking=False) == (
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], enable_thinking=False) == (
         f"{hi}{THINK_OPEN}\n\n{THINK_CLOSE}\n\n")  # thinking off: an empty think block is pre-filled
-    assert render_chat([{"role": "user", "content": "hi"}], add_generation_prompt=False) == (
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=False) == (
         f"{IM_START}user\nhi{IM_END}\n")
     # Qwen3 marks <think> and </think> as plain added tokens: skipping special tokens keeps them.
     reply = f"{THINK_OPEN}\n2 + 2 = 4\n{THINK_CLOSE}\n\n\\boxed{{4}}"

@@ -19,9 +19,14 @@ from collections.abc import Callable, Sequence
 from math import gcd
 from typing import Any
 
+from ..chat_template import BUILTIN_TEMPLATE, ChatTemplate
 from ..data import check_disjoint, normalize_problem
 from ..prompts import COT_SUFFIX, PromptConfig, render
-from ..tokenizer import ENDOFTEXT, render_chat
+from ..tokenizer import ENDOFTEXT
+
+# The toy world's chat template: the built-in one, which the toy tokenizer (with no template of its
+# own) renders with and its checkpoints carry.
+TOY_CHAT_TEMPLATE = ChatTemplate(BUILTIN_TEMPLATE)
 
 LEVELS = (1, 2, 3, 4, 5)
 Problem = tuple[str, list[str], str]  # (problem text, solution steps, answer)
@@ -227,8 +232,8 @@ def pretrain_corpus(
             doc = f"{render(problem)}\n{boxed}"
         elif r < direct_frac + chat_frac:
             # Rendered as the whole conversation, so it begins exactly with the chat prompt
-            # `render(problem, PromptConfig(template="chat"))` that evaluation sends.
-            doc = render_chat(
+            # `render(problem, PromptConfig(template="chat"), TOY_CHAT_TEMPLATE)` that evaluation sends.
+            doc = TOY_CHAT_TEMPLATE.render(
                 [{"role": "user", "content": problem},
                  {"role": "assistant", "content": boxed, "reasoning_content": ""}],
                 add_generation_prompt=False,
