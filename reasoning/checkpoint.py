@@ -4,7 +4,8 @@ Both training loops (`train.train`: pretraining and SFT; `grpo.train_grpo`) keep
 in their own module and get everything about *surviving a kill* from here, in the spirit of
 nanochat's checkpoint manager:
 
-- `training_setup`: device, dtype and (under torchrun) the process group; `Dist` wraps rank,
+- `training_setup`: device, dtype and (under torchrun) the process group; `data_parallel` the same
+  for a generating stage that splits its problems over the ranks; `Dist` wraps rank,
   world size and the few collectives the loops need, and is a no-op in a single process.
 - A checkpoint holds the full state: the model in our HF format (weights.save_model, fp32
   master weights), the AdamW state flattened into safetensors, each rank's torch and Python RNG,
@@ -97,6 +98,24 @@ def training_setup(device_name: str, dtype_name: str,
             device = rank_device(device)
             torch.cuda.set_device(device)
         yield device, dtype, comm
+    finally:
+        comm.close()
+
+
+@contextmanager
+def data_parallel(device: torch.device) -> Iterator[Dist | None]:
+    """Under torchrun (WORLD_SIZE > 1): the process group a generating stage splits its problems over
+    (NCCL between GPUs, gloo on CPUs), closed on exit; None in a single process. Each rank generates
+    its share and every rank ends with all records (reasoning.records.run_resumable); rank 0 writes
+    the outputs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield None
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    comm = Dist(device)
+    try:
+        yield comm
     finally:
         comm.close()
 

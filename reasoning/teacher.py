@@ -73,8 +73,11 @@ class EngineTeacher:
     def __init__(self, generator: Generator, prompt: PromptConfig, sampling: SamplingConfig,
                  info: dict[str, str]):
         self.generator, self.prompt, self.sampling, self.info = generator, prompt, sampling, info
-        self.device = generator.model.device
         self.chat_template = chat_template_of(generator, prompt)
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.model.device
 
     def sample(self, problems: Sequence[str], n: int,
                seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
@@ -94,10 +97,10 @@ class EndpointTeacher:
     """A model behind an OpenAI-compatible endpoint; the server applies its chat template."""
 
     chat_template = None  # the server's, which we do not see
+    device = torch.device("cpu")  # the server computes; we only wait
 
     def __init__(self, client: ChatClient, prompt: PromptConfig, sampling: SamplingConfig, info: dict[str, str]):
         self.client, self.prompt, self.sampling, self.info = client, prompt, sampling, info
-        self.device = torch.device("cpu")
 
     def sample(self, problems: Sequence[str], n: int,
                seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
@@ -115,10 +118,10 @@ class FileTeacher:
     """Traces generated elsewhere (rows {problem, message_thinking, message_content}), looked up by problem."""
 
     chat_template = None  # no prompt is rendered here
+    device = torch.device("cpu")  # nothing is computed: the traces are looked up
 
     def __init__(self, rows: Sequence[dict[str, Any]], info: dict[str, str]):
         self.info = info
-        self.device = torch.device("cpu")
         self.by_problem: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             if not isinstance(r, dict) or not isinstance(r.get("problem"), str) or "message_content" not in r:

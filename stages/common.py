@@ -13,14 +13,10 @@ import argparse
 import dataclasses
 import json
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-import torch
-
-from reasoning.checkpoint import Dist
 from reasoning.config import load_params, load_section
 from reasoning.devices import peak_memory_bytes
 
@@ -70,24 +66,6 @@ def params_file(argv: Sequence[str]) -> Path:
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--params", default=PARAMS, type=Path)
     return ap.parse_known_args(list(argv))[0].params
-
-
-@contextmanager
-def data_parallel(device: torch.device) -> Iterator[Dist | None]:
-    """Under torchrun (WORLD_SIZE > 1): the process group a generating stage splits its problems over
-    (NCCL between GPUs, gloo on CPUs), closed on exit; None in a single process. Each rank generates
-    its share and every rank ends with all records (reasoning.records.run_resumable); rank 0 writes
-    the outputs."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        yield None
-        return
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    comm = Dist(device)
-    try:
-        yield comm
-    finally:
-        comm.close()
 
 
 def rank0() -> bool:

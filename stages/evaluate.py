@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from reasoning.checkpoint import data_parallel
 from reasoning.data import read_dataset
 from reasoning.evaluate import EvalConfig, evaluate, evaluation_journal, regrade
 from reasoning.files import sha256_file, write_json, write_jsonl
 from reasoning.generate import load_generator
 
-from .common import add_run_flags, data_parallel, earlier_run_facts, rank0, run_facts, stage_config, stage_parser
+from .common import add_run_flags, earlier_run_facts, rank0, run_facts, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

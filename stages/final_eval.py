@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reasoning.checkpoint import Dist
+from reasoning.checkpoint import Dist, data_parallel
 from reasoning.config import from_dict, load_section
 from reasoning.devices import rank_device, resolve_device
 from reasoning.data import read_dataset
@@ -29,7 +29,7 @@ from reasoning.prompts import PromptConfig
 from reasoning.report import COMPARISON_FIELDS, accuracy_chart, comparison_rows, comparison_table, write_csv
 from reasoning.scaling import describe, load_best
 
-from .common import data_parallel, rank0, run_facts, stage_config, stage_parser
+from .common import rank0, run_facts, stage_config, stage_parser
 
 
 @dataclass(frozen=True)

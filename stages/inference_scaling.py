@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from reasoning.checkpoint import data_parallel
 from reasoning.data import read_dataset
 from reasoning.config import run_dir
 from reasoning.files import read_jsonl, sha256_file
 from reasoning.generate import load_generator
 from reasoning.scaling import ScalingConfig, run_grid, write_outputs
 
-from .common import add_run_flags, data_parallel, earlier_run_facts, rank0, run_facts, stage_config, stage_parser
+from .common import add_run_flags, earlier_run_facts, rank0, run_facts, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

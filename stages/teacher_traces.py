@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from reasoning.checkpoint import data_parallel
 from reasoning.data import read_dataset
 from reasoning.distill import TracesConfig, generate_traces
 from reasoning.files import write_json, write_jsonl
 from reasoning.teacher import load_teacher
 
-from .common import add_run_flags, data_parallel, rank0, run_facts, stage_config, stage_parser
+from .common import add_run_flags, rank0, run_facts, stage_config, stage_parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
