@@ -1,10 +1,16 @@
-"""The pipeline as `dvc.yaml` declares it: stage specs and their run order.
+"""The pipeline as `dvc.yaml` and the params' `pipeline` section declare it: stage specs, their run
+order, and how each stage's process is launched.
 
 Design: `dvc.yaml` is the one description of the pipeline. The pipeline flow takes its stage
 list and order from it, and the stage flow takes from it what to track (the params a stage
 reads, its metrics, plots and outputs), so adding a stage is a `dvc.yaml` entry plus a
 `params.yaml` section, with no list in the flows to keep in step. Only what the flows need is
 parsed here; DVC itself validates the file (`dvc dag`, `dvc repro`).
+
+`pipeline.nproc_per_node` (and `nnodes` with `rdzv_endpoint` for several machines) makes a stage that
+splits its work over processes (`DISTRIBUTED`) run under torchrun (`launch_command`), spawned by the
+stage flow: dvc.yaml's commands stay the same, `dvc repro` and the Prefect pipeline use every GPU, and
+the stage's outputs are recorded by DVC as any other run's (no `dvc commit` afterwards).
 """
 
 from __future__ import annotations
@@ -17,7 +23,50 @@ from typing import Any
 
 import yaml
 
+from reasoning.config import from_dict
+
 DVC_YAML = "dvc.yaml"
+# Stages that split their work over torchrun's processes: the generating stages split problems
+# (reasoning.records), the training stages rollouts and batches (DDP). prepare_data and load_base
+# run in one process.
+DISTRIBUTED = frozenset({"evaluate", "inference_scaling", "teacher_traces", "distill_sft", "grpo", "final_eval"})
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The `pipeline` section of params.yaml (read by the flows only)."""
+    retries: int = 2
+    retry_delay_s: float = 10.0
+    deployment: str = "reasoning-pipeline"
+    cron: str = "0 3 * * *"
+    limit: int | None = None  # a trial run: the first N test problems (read by stages.prepare_data)
+    nproc_per_node: int = 1  # processes (GPUs) per machine for the DISTRIBUTED stages; 1: no torchrun
+    nnodes: int = 1  # machines; > 1 needs rdzv_endpoint, and the same command started on each machine
+    rdzv_endpoint: str = ""  # host:port of the rendezvous (e.g. the first machine's address:29400)
+
+    def __post_init__(self) -> None:
+        if self.nproc_per_node < 1 or self.nnodes < 1:
+            raise ValueError(f"params.yaml:pipeline: nproc_per_node ({self.nproc_per_node}) and nnodes "
+                             f"({self.nnodes}) must be >= 1")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("params.yaml:pipeline: nnodes > 1 needs rdzv_endpoint (host:port of the first "
+                             "machine, reachable from the others), e.g. rdzv_endpoint: 10.0.0.1:29400")
+
+
+def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
+    return from_dict(PipelineConfig, params.get("pipeline"), "params.yaml:pipeline")
+
+
+def launch_command(stage: str, argv: list[str], cfg: PipelineConfig) -> list[str] | None:
+    """The torchrun command that runs `stages.<stage>` with `argv` over `cfg`'s processes, or None when
+    the stage runs in this process (one process in all, or a stage not in DISTRIBUTED)."""
+    if stage not in DISTRIBUTED or cfg.nproc_per_node * cfg.nnodes == 1:
+        return None
+    nodes = ["--standalone"] if cfg.nnodes == 1 else [
+        "--nnodes", str(cfg.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", cfg.rdzv_endpoint,
+        "--rdzv-id", f"reasoning-pipeline-{stage}"]
+    return [sys.executable, "-m", "torch.distributed.run", *nodes, "--nproc-per-node", str(cfg.nproc_per_node),
+            "-m", f"stages.{stage}", *argv]
 
 
 @dataclass(frozen=True)

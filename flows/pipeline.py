@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,30 +40,16 @@ from prefect.deployments.runner import EntrypointType
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from prefect.states import Completed, Failed
 
-from reasoning.config import from_dict, load_params
+from reasoning.config import load_params
 
 from . import ROOT, lifecycle, tracking
-from .dag import read_stages, stage_order
+from .dag import PipelineConfig, pipeline_config, read_stages, stage_order
 from .stage import EXIT_TRANSIENT, FAILURE_LINE
 
 FINAL_TABLE = Path("data/final/table.md")
 # DVC's messages for a lock another DVC process holds (its repo lock; its per-output read/write
 # lock), and a stage that exited with flows.stage's "transient" status: worth a retry.
 TRANSIENT_DVC = ("Unable to acquire lock", "is busy, it is being blocked by", f"exited with {EXIT_TRANSIENT}")
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """The `pipeline` section of params.yaml (read by the flows only)."""
-    retries: int = 2
-    retry_delay_s: float = 10.0
-    deployment: str = "reasoning-pipeline"
-    cron: str = "0 3 * * *"
-    limit: int | None = None  # a trial run: the first N test problems (read by stages.prepare_data)
-
-
-def pipeline_config(params: dict[str, Any]) -> PipelineConfig:
-    return from_dict(PipelineConfig, params.get("pipeline"), "params.yaml:pipeline")
 
 
 class StageFailed(RuntimeError):

@@ -6,7 +6,9 @@ This is every stage's `cmd` in dvc.yaml. The stage always gets the args of its d
 stage on dvc.yaml's paths with the real-world params. It runs `stages.<stage>.main(args)` inside a Prefect
 flow named after the stage and an MLflow run that gets the stage's params, metrics, curves,
 outputs and provenance tags (see flows.tracking); checkpoint directories become registered
-model versions. Markdown outputs become Prefect markdown artifacts.
+model versions. Markdown outputs become Prefect markdown artifacts. With `pipeline.nproc_per_node`
+> 1 a stage that can split its work runs under torchrun in child processes (flows.dag.launch_command),
+and the flow and the tracking stay here.
 
 A stage's exception ends the flow run as Failed with the error as its message, and the command
 prints the traceback of the stage's own frames (none of Prefect's) and, last, one line:
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import shlex
+import subprocess
 import sys
 import time
 import traceback
@@ -36,7 +40,7 @@ from reasoning.hub import is_offline
 from stages.common import params_file
 
 from . import lifecycle, tracking
-from .dag import StageSpec, read_stages
+from .dag import StageSpec, launch_command, pipeline_config, read_stages
 
 EXIT_FAILED, EXIT_TRANSIENT = 1, 75
 FAILURE_LINE = re.compile(r"^ERROR: stage '(?P<stage>[\w-]+)' failed: (?P<message>.*)$")
@@ -84,7 +88,14 @@ def stage_flow(stage: str, argv: list[str]) -> Any:
     try:
         with tracking.stage_run(spec, params) as run:
             t0 = time.perf_counter()
-            importlib.import_module(f"stages.{stage}").main(argv)
+            command = launch_command(stage, argv, pipeline_config(params))
+            if command is None:
+                importlib.import_module(f"stages.{stage}").main(argv)
+            else:  # pipeline.nproc_per_node: torchrun's processes run the stage, rank 0 writes its outputs
+                print(f"launching {shlex.join(command)}", flush=True)
+                code = subprocess.run(command).returncode
+                if code:
+                    raise RuntimeError(f"torchrun exited with status {code} (the ranks' errors are above)")
             logged = tracking.log_outputs(spec, params, run, time.perf_counter() - t0)
     except SystemExit as e:  # argparse rejected the stage's arguments and printed why
         return Failed(message=f"bad arguments {argv} (exit status {e.code}; the usage error is above)")

@@ -480,3 +480,50 @@ def test_stage_help_runs_without_a_flow():
         out = subprocess.run([sys.executable, "-m", f"stages.{name}", "--help"], cwd=ROOT, capture_output=True,
                              text=True)
         assert out.returncode == 0 and f"Stage `{name}`" in out.stdout, out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Launching a stage over several processes (pipeline.nproc_per_node)
+
+
+def test_launch_command_runs_only_distributed_stages_under_torchrun():
+    one = dag.PipelineConfig()
+    assert dag.launch_command("evaluate", ["--out", "x"], one) is None  # one process: run in place
+    eight = dag.PipelineConfig(nproc_per_node=8)
+    cmd = dag.launch_command("grpo", ["--out", "x"], eight)
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "8",
+                       "-m", "stages.grpo", "--out", "x"]
+    assert dag.launch_command("prepare_data", [], eight) is None and dag.launch_command("load_base", [], eight) is None
+    nodes = dag.launch_command("evaluate", [], dag.PipelineConfig(nproc_per_node=4, nnodes=2,
+                                                                   rdzv_endpoint="10.0.0.1:29400"))
+    assert nodes[3:11] == ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "10.0.0.1:29400",
+                           "--rdzv-id", "reasoning-pipeline-evaluate"]
+    with pytest.raises(ValueError, match="nnodes > 1 needs rdzv_endpoint"):
+        dag.PipelineConfig(nnodes=2)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        dag.PipelineConfig(nproc_per_node=0)
+
+
+@pytest.mark.slow
+def test_a_stage_runs_under_torchrun_when_the_pipeline_says_so(repo, tiny_ckpt, capfd):
+    """pipeline.nproc_per_node: 2 runs evaluate as two gloo processes behind the same flow and MLflow run,
+    with the outputs of a one-process run; a rank's failure fails the stage with one line."""
+    params = set_params(repo, load_base={"source": str(tiny_ckpt)},
+                        evaluate={"batch_size": 2, "device": "cpu", "dtype": "float32",
+                                  "sampling": {"max_new_tokens": 4}})
+    assert stage.run_stage("prepare_data") == 0 and stage.run_stage("load_base") == 0
+    assert stage.run_stage("evaluate") == 0
+    alone = read_json("data/eval/base/metrics.json")
+    set_params(repo, pipeline={**params["pipeline"], "nproc_per_node": 2})
+    shutil.rmtree("runs/evaluate")  # generate again, split over two ranks
+    capfd.readouterr()
+    assert stage.run_stage("evaluate") == 0
+    assert "Setting OMP_NUM_THREADS environment variable for each process" in capfd.readouterr().err  # torchrun's
+    split = read_json("data/eval/base/metrics.json")
+    timing = ("wall_time_s", "tokens_per_s", "peak_memory_bytes")
+    assert {k: v for k, v in split.items() if k not in timing} == {k: v for k, v in alone.items() if k not in timing}
+    assert runs_of("evaluate")[0].data.metrics["accuracy"] == split["accuracy"]
+    assert not list(Path("runs/evaluate").rglob("*.rank*.jsonl"))
+    # a rank that fails fails the stage, with the launcher's status in its one line
+    assert stage.run_stage("evaluate", ["--model", "data/models/missing"]) == stage.EXIT_FAILED
+    assert "failed: RuntimeError: torchrun exited with status 1" in capfd.readouterr().err

@@ -135,7 +135,7 @@ def test_both_worlds_set_every_param_the_stages_read():
 
 @pytest.mark.parametrize("params_file", ["params.yaml", "params/real.yaml"])
 def test_params_sections_parse_into_their_configs(params_file):
-    from flows.pipeline import PipelineConfig
+    from flows.dag import PipelineConfig
     from flows.tracking import TrackingConfig
 
     params = load_params(ROOT / params_file)
@@ -257,7 +257,7 @@ def test_every_readme_set_param_key_is_in_the_params(params_file):
 def test_readme_exp_commands_give_params_every_stage_reads(tmp_path, params_file):
     """Each README command's `-S` values, applied by DVC's own writer, give a file every stage loads."""
     from dvc.utils.hydra import apply_overrides
-    from flows.pipeline import PipelineConfig
+    from flows.dag import PipelineConfig
     from flows.tracking import TrackingConfig
 
     for n, argv in enumerate(readme_exp_commands()):

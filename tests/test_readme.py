@@ -49,7 +49,7 @@ def help_text(module: str) -> str:
 def test_the_readme_names_commands():
     modules = {c[0] for c in python_m()}
     assert {"flows.pipeline", "flows.stage", "flows.tracking", "flows.dag", "stages.evaluate",
-            "stages.grpo", "bench.decode"} <= modules
+            "reasoning.chat", "reasoning.generate", "bench.decode"} <= modules
 
 
 @pytest.mark.parametrize("command", python_m(), ids=lambda c: " ".join(c)[:60])
@@ -70,7 +70,7 @@ def test_every_python_m_command_takes_its_flags(command):
 def test_flows_dag_args_give_each_stage_its_dvc_arguments(capsys):
     from flows import dag
 
-    for stage in ("distill_sft", "grpo"):  # the README's torchrun commands
+    for stage in ("evaluate", "distill_sft", "grpo"):  # what the README's torchrun command takes
         assert dag.main(["args", stage]) == 0
         printed = shlex.split(capsys.readouterr().out)
         for flag in (a for a in printed if a.startswith("--")):
