@@ -132,7 +132,7 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
 # Final comparison: every model against the baseline
 
 COMPARISON_FIELDS = ("model", "accuracy", "ci_low", "ci_high", "diff_vs_baseline", "diff_ci_low", "diff_ci_high",
-                     "p_value", "mean_generated_tokens", "wall_time_s", "n")
+                     "p_value", "mean_generated_tokens", "best_at_budget", "wall_time_s", "n")
 
 
 def comparison_rows(results: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]], baseline: str,
@@ -154,15 +154,20 @@ def comparison_rows(results: dict[str, tuple[list[dict[str, Any]], dict[str, Any
 
 def comparison_table(rows: Sequence[dict[str, Any]], baseline: str) -> str:
     """Markdown table of `comparison_rows`-shaped rows: accuracy, interval, paired difference to the
-    baseline with McNemar's p, mean tokens, wall time."""
-    lines = [f"| model | accuracy | 95% CI | Δ vs {baseline} [95% CI] | McNemar p | mean tokens | wall time (s) | n |",
-             "|---|---:|---|---|---:|---:|---:|---:|"]
+    baseline with McNemar's p, mean tokens, the best accuracy within the baseline's largest inference
+    budget (`best_at_budget`, when the rows have it), wall time."""
+    budget = any("best_at_budget" in r for r in rows)
+    lines = [f"| model | accuracy | 95% CI | Δ vs {baseline} [95% CI] | McNemar p | mean tokens |"
+             + (f" best accuracy at <= {baseline}'s largest budget |" if budget else "") + " wall time (s) | n |",
+             "|---|---:|---|---|---:|---:|" + ("---:|" if budget else "") + "---:|---:|"]
     for r in rows:
         diff = (f"{r['diff_vs_baseline']:+.3f} [{r['diff_ci_low']:+.3f}, {r['diff_ci_high']:+.3f}]"
                 if "p_value" in r else "—")
         p = f"{r['p_value']:.3g}" if "p_value" in r else "—"
+        best = r.get("best_at_budget")
+        cell = (" — |" if best is None else f" {best:.3f} |") if budget else ""
         lines.append(f"| {r['model']} | {r['accuracy']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {diff} | "
-                     f"{p} | {r['mean_generated_tokens']:.1f} | {r['wall_time_s']:.1f} | {r['n']} |")
+                     f"{p} | {r['mean_generated_tokens']:.1f} |{cell} {r['wall_time_s']:.1f} | {r['n']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -175,5 +180,35 @@ def accuracy_chart(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     ax.set_xlim(0, 1)
     ax.invert_yaxis()  # first model on top, as in the table
     ax.set_xlabel(f"accuracy on {rows[0]['n']} test problems (95% Wilson interval)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def compute_chart(points: dict[str, Sequence[dict[str, Any]]], path: str | Path, budget: float | None = None) -> None:
+    """Accuracy (95% intervals) against generated tokens per problem: every (model, budget) point of
+    `points` (model -> scaling.compute_points), each model's own Pareto frontier as a line, and
+    `budget` (the baseline's largest budget) as a vertical line: "train, or spend inference compute?"."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for i, (model, pts) in enumerate(points.items()):
+        color = f"C{i}"
+        err = [[max(0.0, p["accuracy"] - p["ci_low"]) for p in pts], [max(0.0, p["ci_high"] - p["accuracy"])
+                                                                      for p in pts]]
+        ax.errorbar([p["tokens_per_problem"] for p in pts], [p["accuracy"] for p in pts], yerr=err, fmt="o",
+                    color=color, capsize=3, alpha=0.85)
+        front = [pts[j] for j in pareto_frontier([(p["tokens_per_problem"], p["accuracy"]) for p in pts])]
+        ax.plot([p["tokens_per_problem"] for p in front], [p["accuracy"] for p in front], color=color,
+                label=f"{model} (frontier)")
+        for p in pts:
+            ax.annotate(p["label"], (p["tokens_per_problem"], p["accuracy"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color=color)
+    if budget is not None:
+        ax.axvline(budget, color="grey", linestyle=":", label="the baseline's largest budget")
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens per problem (log scale)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Train, or spend inference compute? Accuracy at matched tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)

@@ -428,6 +428,47 @@ def run_method(generator: Any, problems: Sequence[dict[str, Any]], method: Metho
     return run_resumable(ids, done, chunked(todo, per_chunk, work), records_path, progress, method.name, comm=comm)
 
 
+@dataclass(frozen=True)
+class ComputeConfig:
+    """final_eval's matched-compute comparison: besides its greedy answer, every model answers by
+    self-consistency (majority vote over `max(budgets)` sampled answers, scored at each budget k), so
+    models are compared at equal generated tokens per problem. budgets () turns it off."""
+    budgets: tuple[int, ...] = (4, 16)
+    temperature: float = 0.9  # the sampled answers' (max_new_tokens: the evaluation's)
+    top_p: float = 0.9
+
+    def __post_init__(self) -> None:
+        if any(k < 2 for k in self.budgets) or list(self.budgets) != sorted(set(self.budgets)):
+            raise ValueError(f"final_eval.compute.budgets must be increasing sample counts >= 2 (or [] for "
+                             f"none), got {list(self.budgets)}")
+
+    def method(self, prompt: PromptConfig, sampling: SamplingConfig) -> MethodConfig:
+        """The self-consistency method: `prompt` (the model's), `sampling` with this temperature and top_p."""
+        return MethodConfig(name="sc", prompt=prompt, n=self.budgets[-1], aggregate="majority",
+                            budgets=self.budgets, sampling=dataclasses.replace(
+                                sampling, temperature=self.temperature, top_p=self.top_p))
+
+
+def compute_points(greedy: dict[str, Any], records: Sequence[dict[str, Any]] | None,
+                   method: MethodConfig | None) -> list[dict[str, Any]]:
+    """(label, accuracy, interval, tokens per problem) of one model at each budget: its greedy answer
+    (evaluate's metrics `greedy`) and self-consistency at each of `method`'s budgets on `records`."""
+    points = [{"label": "greedy", "accuracy": greedy["accuracy"], "ci_low": greedy["ci_low"],
+               "ci_high": greedy["ci_high"], "tokens_per_problem": greedy["mean_generated_tokens"]}]
+    for k in (method.budgets if method is not None else ()):
+        m = budget_metrics(records, method, k)
+        points.append({"label": f"SC@{k}", **{f: m[f] for f in ("accuracy", "ci_low", "ci_high",
+                                                                   "tokens_per_problem")}})
+    return points
+
+
+def best_within(points: Sequence[dict[str, Any]], tokens: float) -> float | None:
+    """The best accuracy among `points` that spend at most `tokens` generated tokens per problem
+    (None when every point spends more)."""
+    inside = [p["accuracy"] for p in points if p["tokens_per_problem"] <= tokens]
+    return max(inside) if inside else None
+
+
 def _donated(donor: dict[str, dict[str, Any]], pid: str, prompt: str, n: int) -> list[dict[str, Any]]:
     """The first n samples of another method's record for problem `pid` (same prompt and sampling)."""
     record = donor.get(pid)

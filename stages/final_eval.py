@@ -26,8 +26,10 @@ from reasoning.evaluate import EvalConfig, evaluate, evaluation_journal, metrics
 from reasoning.files import atomic_write_text, read_json, sha256_file, write_json, write_jsonl
 from reasoning.generate import load_generator
 from reasoning.prompts import PromptConfig
-from reasoning.report import COMPARISON_FIELDS, accuracy_chart, comparison_rows, comparison_table, write_csv
-from reasoning.scaling import describe, load_best
+from reasoning.records import journal
+from reasoning.report import (COMPARISON_FIELDS, accuracy_chart, comparison_rows, comparison_table, compute_chart,
+                              write_csv)
+from reasoning.scaling import ComputeConfig, best_within, compute_points, describe, load_best, run_method
 
 from .common import rank0, run_facts, stage_config, stage_parser
 
@@ -37,6 +39,7 @@ class FinalEvalConfig:
     models: dict[str, str] = field(default_factory=lambda: {"base": "data/models/base"})  # name -> checkpoint dir
     baseline: str = "base"
     scaling: str | None = None  # inference_scaling output dir: its best setting becomes a row; null: none
+    compute: ComputeConfig = ComputeConfig()  # every model also by self-consistency: accuracy at matched tokens
     n_boot: int = 10_000
     seed: int = 0
 
@@ -54,16 +57,23 @@ def model_eval_config(path: Path, cfg: EvalConfig) -> EvalConfig:
     return dataclasses.replace(cfg, prompt=from_dict(PromptConfig, prompt)) if prompt else cfg
 
 
-def evaluate_model(path: Path, problems: list[dict], cfg: EvalConfig, state: Path,
-                   data_sha: str, comm: Dist | None = None) -> tuple[list, dict]:
-    """(records, metrics) of the checkpoint `path` on `problems`, behind the prompt it was trained for.
+def evaluate_model(path: Path, problems: list[dict], cfg: EvalConfig, state: Path, data_sha: str,
+                   compute: ComputeConfig = ComputeConfig(budgets=()),
+                   comm: Dist | None = None) -> tuple[list, dict, list]:
+    """(records, metrics, compute points) of the checkpoint `path` on `problems`, behind the prompt it
+    was trained for: greedy, then by self-consistency at `compute`'s budgets (scaling.compute_points).
 
     Journaled under `state` with the evaluate stage's key (model, data, settings): with the same
     --state, the baseline's records of the evaluate stage are reused, and a killed run resumes."""
     cfg = model_eval_config(path, cfg)
     generator = load_generator(path, cfg)
-    return evaluate(generator, problems, cfg, evaluation_journal(state, generator.model_id, data_sha, cfg),
-                    progress=False, comm=comm)
+    records, metrics = evaluate(generator, problems, cfg, evaluation_journal(state, generator.model_id, data_sha,
+                                                                             cfg), progress=False, comm=comm)
+    method = compute.method(cfg.prompt, cfg.sampling) if compute.budgets else None
+    sampled = run_method(generator, problems, method, journal(state, {
+        "model": generator.model_id, "data": data_sha, "method": method.hash(cfg.seed)}), cfg.seed, cfg.batch_size,
+        progress=False, comm=comm) if method else None
+    return records, metrics, compute_points(metrics, sampled, method)
 
 
 def scaling_row(scaling: str, problems: list[dict], eval_limit: int | None) -> tuple:
@@ -90,10 +100,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
     problems = read_dataset(args.data, skipped=skipped)[:eval_cfg.limit]
     best = scaling_row(cfg.scaling, problems, eval_cfg.limit) if cfg.scaling else None
-    results = {}
+    results, points = {}, {}
     with data_parallel(rank_device(resolve_device(eval_cfg.device, eval_cfg.dtype)[0])) as comm:
         for name, path in cfg.models.items():  # torchrun: each model's problems split over the ranks
-            results[name] = evaluate_model(Path(path), problems, eval_cfg, args.state, sha256_file(args.data), comm)
+            records, metrics, points[name] = evaluate_model(Path(path), problems, eval_cfg, args.state,
+                                                            sha256_file(args.data), cfg.compute, comm)
+            results[name] = (records, metrics)
             if rank0():
                 write_jsonl(args.out / "records" / f"{name}.jsonl", results[name][0])
                 print(f"{name}: accuracy {results[name][1]['accuracy']:.3f} on {results[name][1]['n']} problems")
@@ -103,12 +115,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
         method, records = best
         results[f"{cfg.baseline} + {describe(method, method.budgets[-1])}"] = (records, metrics_from_records(records))
     rows = comparison_rows(results, cfg.baseline, cfg.n_boot, cfg.seed)
+    budget = points[cfg.baseline][-1]["tokens_per_problem"] if cfg.compute.budgets else None
+    if budget is not None:  # train, or spend inference compute? each model within the baseline's largest budget
+        for r in rows:
+            if r["model"] in points:
+                r["best_at_budget"] = best_within(points[r["model"]], budget)
+        compute_chart(points, args.out / "compute.png", budget)
     table = comparison_table(rows, cfg.baseline)
     atomic_write_text(args.out / "table.md", table)
     write_csv(args.out / "table.csv", rows, COMPARISON_FIELDS)
     accuracy_chart(rows, args.out / "chart.png")
     grader = {k: results[cfg.baseline][1][k] for k in ("grader", "grader_version")}  # one grader judged all
     metrics = {"baseline": cfg.baseline, "models": {r.pop("model"): r for r in [dict(r) for r in rows]},
+               "compute": {name: {p.pop("label"): p for p in map(dict, pts)} for name, pts in points.items()},
                **grader, **run_facts(skipped)}
     write_json(args.out / "metrics.json", metrics)
     print(table)

@@ -29,7 +29,7 @@ def test_model_prompt_comes_from_its_metadata(tmp_path, tiny_ckpt):
     prompt = PromptConfig(template="chat", think=True)
     (chat / "metadata.json").write_text(json.dumps({"prompt": {"template": "chat", "think": True}}))
     assert model_eval_config(chat, cfg).prompt == prompt
-    records, metrics = evaluate_model(chat, PROBLEMS, cfg, tmp_path / "runs", "data-sha")
+    records, metrics, _ = evaluate_model(chat, PROBLEMS, cfg, tmp_path / "runs", "data-sha")
     template = Tokenizer(chat).chat_template
     assert records[0]["prompt"] == render(PROBLEMS[0]["problem"], prompt, template)
     assert metrics["prompt_hash"] == prompt_hash(prompt, template) != prompt.hash  # names the template too
@@ -77,3 +77,31 @@ def test_scaling_records_of_other_problems_are_refused_before_any_model_runs(tmp
         stage.main(argv)
     method, records = stage.scaling_row(str(tmp_path / "scaling"), rows[:3], 3)  # evaluate.limit: 3 matches
     assert [r["id"] for r in records] == [r["id"] for r in rows[:3]] and method.name == "sc"
+
+
+def test_matched_compute_puts_every_model_at_the_baselines_largest_budget(tmp_path, tiny_ckpt, tiny_tokenizer_path):
+    """Each model greedy and by self-consistency at 2 and 4 samples; the table's extra column is each model's
+    best accuracy among its points that spend no more tokens per problem than the baseline's SC@4."""
+    from tests.conftest import make_checkpoint
+
+    other = make_checkpoint(tmp_path / "other", "tiny", tiny_tokenizer_path, seed=3)
+    rows = [{**PROBLEMS[0], "id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(6)]
+    write_dataset(rows, tmp_path / "test.jsonl", source="test")
+    params = {"evaluate": {"device": "cpu", "dtype": "float32", "sampling": {"max_new_tokens": 6}},
+              "final_eval": {"models": {"base": str(tiny_ckpt), "other": str(other)}, "n_boot": 10,
+                             "compute": {"budgets": [2, 4], "temperature": 1.0, "top_p": 1.0}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    metrics = main(["--data", str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "final"),
+                    "--state", str(tmp_path / "runs"), "--params", str(tmp_path / "params.yaml")])
+    points = metrics["compute"]
+    assert list(points) == ["base", "other"] and all(list(p) == ["greedy", "SC@2", "SC@4"] for p in points.values())
+    for name, p in points.items():
+        assert p["greedy"]["accuracy"] == metrics["models"][name]["accuracy"]
+        assert p["SC@2"]["tokens_per_problem"] < p["SC@4"]["tokens_per_problem"]  # four samples cost more than two
+        assert all(0 <= q["ci_low"] <= q["accuracy"] <= q["ci_high"] <= 1 for q in p.values())
+        budget = points["base"]["SC@4"]["tokens_per_problem"]
+        inside = [q["accuracy"] for q in p.values() if q["tokens_per_problem"] <= budget]
+        assert metrics["models"][name]["best_at_budget"] == (max(inside) if inside else None)
+    assert "best accuracy at <= base's largest budget" in (tmp_path / "final" / "table.md").read_text()
+    assert (tmp_path / "final" / "compute.png").stat().st_size > 10_000
+    assert list(json.loads((tmp_path / "final" / "metrics.json").read_text())["compute"]) == ["base", "other"]
