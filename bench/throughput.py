@@ -15,7 +15,11 @@ The workload, identical in every engine:
   by bench-only hooks (below); the bench checks every row's token count and where it stopped, and
   prints no figure for an engine that missed one.
 - models: Qwen3-0.6B's shape and the toy world's (`reasoning.toy.pretrain.ToyBaseConfig`, its
-  context widened to fit the prompts), random weights, every engine in one dtype (--dtype).
+  context widened to fit the prompts), random weights, every engine in one dtype (--dtype), on one
+  device (--device: cpu, or cuda where the timings wait for the GPU and the peak memory is
+  `torch.cuda.max_memory_allocated`). With --compile every engine runs compiled (ours with
+  `compile=True`, the book's model under `torch.compile` as its own recipe does) and the whole
+  workload runs twice, the second time timed: compilations of shapes first met mid-run stay out.
   Defaults: Qwen3-0.6B 32 prompts in 8 slots up to 128 tokens (a subset sized for a CPU: about 10
   minutes for everything on 2 cores), the toy 500 prompts in 64 slots up to 256 tokens (~8 prompts
   per slot, as MATH-500 at the real configuration's evaluation batch of 64). Continuous batching gains
@@ -49,6 +53,7 @@ The book's package is a bench-only dependency, installed without its dependencie
     pip install --no-deps --target /tmp/rfs reasoning-from-scratch   # then --book-path /tmp/rfs
 
     python -m bench.throughput [--quick] [--book-path /tmp/rfs] [--threads 2] [--models qwen3-0.6b,toy]
+    python -m bench.throughput --device cuda --dtype bfloat16 --models qwen3-0.6b --prompts 500 --batch-size 128
 
 The last line printed is one JSON object with every figure.
 """
@@ -64,7 +69,6 @@ import math
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -72,10 +76,10 @@ from pathlib import Path
 
 import torch
 
-from bench.decode import book_module, book_path, peak_memory_gb, random_, reset_peak_memory
-from reasoning.model import PRESETS, ModelConfig, Qwen3
+from bench.decode import (Budget, book_config, book_module, book_path, compile_book, now, peak_key, peak_memory_gb,
+                          random_book, random_qwen3, reset_peak_memory, run_worker)
+from reasoning.model import PRESETS, ModelConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # MATH-500's 500 test problems (HuggingFaceH4/MATH-500, file order) rendered with the book's base
 # prompt (reasoning.prompts.render, PromptConfig()) and tokenized once by Qwen3-0.6B's own
@@ -255,38 +259,31 @@ class StopTokenizer:
         return ""
 
 
-def book_config(mc: ModelConfig, dtype: torch.dtype) -> dict:
-    """The book's config dict for our ModelConfig's shape."""
-    return {"vocab_size": mc.vocab_size, "context_length": mc.max_position_embeddings, "emb_dim": mc.hidden_size,
-            "n_heads": mc.num_attention_heads, "n_layers": mc.num_hidden_layers, "hidden_dim": mc.intermediate_size,
-            "head_dim": mc.head_dim, "qk_norm": True, "n_kv_groups": mc.num_key_value_heads,
-            "rope_base": mc.rope_theta, "dtype": dtype}
-
-
 def build_ours(spec: dict, mc: ModelConfig) -> Callable[[list[list[int]]], dict]:
     from reasoning.generate import Generator, SamplingConfig
 
-    eos, max_new, targets = mc.vocab_size - 1, spec["max_new_tokens"], spec["targets"]
-    with torch.device("meta"):
-        model = Qwen3(mc)
-    model = random_(model.to_empty(device="cpu")).to(getattr(torch, spec["dtype"]))
-    if mc.tie_word_embeddings:  # to_empty gives each module its own tensor: tie them again, as loading does
-        model.lm_head.weight = model.embed_tokens.weight
-    gen = Generator(model, StopTokenizer(eos), batch_size=spec["batch_size"])
+    eos, max_new, targets, device = mc.vocab_size - 1, spec["max_new_tokens"], spec["targets"], spec["device"]
+    model = random_qwen3(mc, getattr(torch, spec["dtype"]), device)
+    gen = Generator(model, StopTokenizer(eos), compile=spec["compile"], batch_size=spec["batch_size"])
 
     def run(ids: list[list[int]]) -> dict:
         gen.generate(ids[:2], SamplingConfig(max_new_tokens=4))  # warm-up
+        if spec["compile"]:  # a first pass meets every shape the timed one will (module docstring)
+            once(ids)
+        return once(ids)
+
+    def once(ids: list[list[int]]) -> dict:
         cfg = SamplingConfig(max_new_tokens=max_new)
         rows: list = [None] * len(ids)
         with forced_ours(targets, max_new, eos) as stats:
-            t0 = time.perf_counter()
+            t0 = now(device)
             if spec["engine"] == "ours[static]":  # one call per chunk: its batch only shrinks
                 for chunk in static_chunks(spec["prompt_lengths"], spec["batch_size"]):
                     for i, [c] in zip(chunk, gen.generate([ids[i] for i in chunk], cfg, seeds=chunk)):
                         rows[i] = c
             else:
                 rows = [c for [c] in gen.generate(ids, cfg, seeds=range(len(ids)))]
-            wall = time.perf_counter() - t0
+            wall = now(device) - t0
         return {"wall_s": wall, "rounds": stats["rounds"], "produced": [len(c.tokens) for c in rows],
                 "stopped": [bool(c.tokens) and c.tokens[-1] == eos for c in rows]}
     return run
@@ -294,28 +291,29 @@ def build_ours(spec: dict, mc: ModelConfig) -> Callable[[list[list[int]]], dict]
 
 def build_book(spec: dict, mc: ModelConfig) -> Callable[[list[list[int]]], dict]:
     mod = book_module(spec, "qwen3_batched")
-    eos, max_new, targets = mc.vocab_size - 1, spec["max_new_tokens"], spec["targets"]
-    cfg = book_config(mc, getattr(torch, spec["dtype"]))
-    with torch.device("meta"):
-        model = mod.Qwen3Model(cfg)
-    model = random_(model.to_empty(device="cpu")).eval()
-    # buffers were built on the meta device: recompute them as the book's constructor does
-    model.cos, model.sin = mod.compute_rope_params(cfg["head_dim"], cfg["rope_base"], cfg["context_length"])
-    forced = ForcedBook(model, max_new, eos)
+    eos, max_new, targets, device = mc.vocab_size - 1, spec["max_new_tokens"], spec["targets"], spec["device"]
+    model = random_book(mod, book_config(mc, getattr(torch, spec["dtype"])), device)
+    forced = ForcedBook(compile_book(model) if spec["compile"] else model, max_new, eos)
     generate = mod.generate_text_basic_batched_cache_stop
 
     def batch(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids and their attention mask, as the book's batched evaluation builds them."""
         width = max(map(len, rows))
-        ids = torch.tensor([[PAD] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+        ids = torch.tensor([[PAD] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows], device=device)
         return ids, mask
 
     def run(ids: list[list[int]]) -> dict:
         tokens, mask = batch(ids[:2])
-        generate(model, tokens, 4, attn_mask=mask)  # warm-up, unsteered
+        generate(forced.model, tokens, 4, attn_mask=mask)  # warm-up, unsteered
+        if spec["compile"]:  # a first pass meets every shape the timed one will (module docstring)
+            once(ids)
+        return once(ids)
+
+    def once(ids: list[list[int]]) -> dict:
         produced, stopped = [0] * len(ids), [False] * len(ids)
-        t0 = time.perf_counter()
+        forced.rounds = 0
+        t0 = now(device)
         for chunk in static_chunks(spec["prompt_lengths"], spec["batch_size"]):
             forced.start([targets[i] for i in chunk])
             tokens, mask = batch([ids[i] for i in chunk])
@@ -323,7 +321,7 @@ def build_book(spec: dict, mc: ModelConfig) -> Callable[[list[list[int]]], dict]
             for i, row in zip(chunk, out.tolist()):  # finished rows are filled with EOS: the first one is theirs
                 stopped[i] = eos in row
                 produced[i] = row.index(eos) + 1 if stopped[i] else len(row)
-        wall = time.perf_counter() - t0
+        wall = now(device) - t0
         return {"wall_s": wall, "rounds": forced.rounds, "produced": produced, "stopped": stopped}
     return run
 
@@ -338,26 +336,14 @@ def worker(spec: dict) -> None:
     out: dict = {"build_s": round(time.perf_counter() - t0, 1)}
     ids = prompt_ids(lengths, mc.vocab_size, spec["seed"])
     gc.collect()
-    out["peak_is_generation_only"] = reset_peak_memory()
+    out["peak_is_generation_only"] = reset_peak_memory(spec["device"])
     with torch.inference_mode():
         out.update(run(ids))
-    out["peak_rss_GB"] = peak_memory_gb()
+    out[peak_key(spec["device"])] = peak_memory_gb(spec["device"])
     print("RESULT " + json.dumps(out), flush=True)
 
 
 # --- driver ---------------------------------------------------------------------------------------
-
-def run_worker(spec: dict, timeout: float) -> dict:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    try:
-        p = subprocess.run([sys.executable, "-m", "bench.throughput", "--worker", json.dumps(spec)], cwd=ROOT,
-                           env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-    if p.returncode or not lines:
-        return {"error": (p.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(lines[-1][len("RESULT "):])
 
 
 def verify(res: dict, targets: Sequence[int], max_new: int) -> dict:
@@ -380,7 +366,7 @@ def verify(res: dict, targets: Sequence[int], max_new: int) -> dict:
 
 
 def run_workload(model: str, w: dict, all_lengths: list[int], args: argparse.Namespace, book: str | None,
-                 skipped: dict[str, str]) -> dict:
+                 skipped: dict[str, str], budget: Budget) -> dict:
     """Draw the workload, run each engine on it, verify, print; returns the workload's report."""
     if w["prompts"] > len(all_lengths):
         raise SystemExit(f"--prompts {w['prompts']}: only {len(all_lengths)} prompt lengths to draw from")
@@ -390,10 +376,11 @@ def run_workload(model: str, w: dict, all_lengths: list[int], args: argparse.Nam
     report = {**w, "prompt_tokens": describe(lengths), "answer_tokens": describe(targets, w["max_new_tokens"]),
               "engines": {}}
     print(f"\n{model}: {w['prompts']} prompts, batch {w['batch_size']}, max_new_tokens {w['max_new_tokens']}, "
-          f"{args.dtype}\n  prompt tokens {fmt(report['prompt_tokens'])}\n  answer tokens "
+          f"{args.dtype} on {args.device}{', compiled' if args.compile else ''}\n  prompt tokens {fmt(report['prompt_tokens'])}\n  answer tokens "
           f"{fmt(report['answer_tokens'])}", flush=True)
-    spec = {"model": model, **w, "dtype": args.dtype, "threads": args.threads, "seed": args.seed,
-            "prompt_lengths": lengths, "targets": targets, "book_path": book}
+    spec = {"model": model, **w, "dtype": args.dtype, "device": args.device, "compile": args.compile,
+            "threads": args.threads, "seed": args.seed, "prompt_lengths": lengths, "targets": targets,
+            "book_path": book}
     results = report["engines"]
     for engine in args.engines.split(","):
         if engine == "book[batched]" and book is None:
@@ -401,10 +388,15 @@ def run_workload(model: str, w: dict, all_lengths: list[int], args: argparse.Nam
                                "reasoning-from-scratch, then --book-path /tmp/rfs")
             print(f"  SKIP {engine}: {skipped[engine]}")
             continue
-        results[engine] = res = verify(run_worker({**spec, "engine": engine}, args.timeout), targets,
-                                       w["max_new_tokens"])
+        timeout = budget.timeout(args.timeout)
+        if timeout is None:
+            results[engine] = {"error": budget.spent()}
+        else:
+            results[engine] = verify(run_worker("bench.throughput", {**spec, "engine": engine}, timeout), targets,
+                                     w["max_new_tokens"])
+        res = results[engine]
         print(f"  {engine:17s} " + (res.get("error") or
-              f"{res['tok_s']:8.1f} tok/s, wall {res['wall_s']:6.1f} s, peak {res['peak_rss_GB']:.2f} GB, "
+              f"{res['tok_s']:8.1f} tok/s, wall {res['wall_s']:6.1f} s, peak {res[peak_key(args.device)]:.2f} GB, "
               f"{res['rows_per_step']:.1f} rows/step (built in {res['build_s']:.0f} s)"), flush=True)
     cont = results.get("ours[continuous]", {})
     report["ratios"], report["targets"] = {}, {}
@@ -433,6 +425,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-new-tokens", type=int, help="answer limit (default: 128 for qwen3-0.6b, 256 for toy)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                     help="weights (and matmuls) of every engine (default: %(default)s)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where every engine runs (default: cpu)")
+    ap.add_argument("--compile", action="store_true", help="every engine compiled; the workload runs twice, "
+                                                           "the second time timed")
     ap.add_argument("--math500", type=Path, help="MATH-500 JSONL file to take the prompt lengths from "
                                                  "(default: the embedded table); needs --tokenizer")
     ap.add_argument("--tokenizer", type=Path, help="Qwen3's tokenizer.json (or a checkpoint directory)")
@@ -441,6 +436,8 @@ def main(argv: list[str] | None = None) -> dict:
                                         "(default: $RFS_PATH, else import it, else /tmp/rfs)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed per engine process")
+    ap.add_argument("--budget", type=float, help="seconds for the whole run: an engine runs at most what is "
+                                                 "left, and is skipped when too little is (default: no limit)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -451,6 +448,10 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--models: unknown {name!r}; use toy or one of {sorted(PRESETS)}")
     for name in (e for e in args.engines.split(",") if e not in ENGINES):
         ap.error(f"--engines: unknown {name!r}; use some of {','.join(ENGINES)}")
+    if args.device.split(":")[0] not in ("cpu", "cuda"):
+        ap.error(f"--device {args.device!r}: use cpu, cuda or cuda:N")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); use --device cpu")
     try:
         all_lengths = prompt_lengths(args.math500, args.tokenizer)
     except (OSError, ValueError) as e:
@@ -458,23 +459,24 @@ def main(argv: list[str] | None = None) -> dict:
     source = str(args.math500) if args.math500 else "embedded MATH-500 table (Qwen3 tokenizer)"
 
     load = [os.getloadavg()[0]]
-    if args.threads > 1 and load[0] > 0.5:
+    if args.threads > 1 and load[0] > 0.5 and args.device == "cpu":
         print(f"WARNING: load average {load[0]:.1f}: other processes are running, so timings are erratic; "
               "compare ratios from one run on a quiet machine.")
     print(f"{args.threads} threads, {os.cpu_count()} cores, load average {load[0]:.1f}; prompt lengths: {source}; "
           f"answer lengths: {LIMIT_SHARE:.0%} at the limit, else lognormal(median {ANSWER_MEDIAN}, "
           f"log-sd {ANSWER_SIGMA}), seed {args.seed}", flush=True)
-    book, skipped, workloads = book_path(args.book_path), {}, {}
+    book, skipped, workloads, budget = book_path(args.book_path), {}, {}, Budget(args.budget)
     for model in models:
         table = QUICK if args.quick else WORKLOADS
         w = dict(table.get(model, table["toy"]))  # other (small) presets take the toy's defaults
         w.update({k: v for k, v in (("prompts", args.prompts), ("batch_size", args.batch_size),
                                     ("max_new_tokens", args.max_new_tokens)) if v is not None})
-        workloads[model] = run_workload(model, w, all_lengths, args, book, skipped)
+        workloads[model] = run_workload(model, w, all_lengths, args, book, skipped, budget)
     load.append(os.getloadavg()[0])
     print(f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end")
     failed = sorted(f"{m}: {e}" for m, r in workloads.items() for e, x in r["engines"].items() if "error" in x)
-    report = {"threads": args.threads, "cores": os.cpu_count(), "load_average": load, "dtype": args.dtype,
+    report = {"device": args.device, "compile": args.compile, "budget_s": args.budget, "threads": args.threads,
+              "cores": os.cpu_count(), "load_average": load, "dtype": args.dtype,
               "seed": args.seed, "prompt_source": source,
               "answer_model": {"median": ANSWER_MEDIAN, "log_sd": ANSWER_SIGMA, "limit_share": LIMIT_SHARE},
               "workloads": workloads, "skipped": skipped, "failed": failed}

@@ -16,7 +16,8 @@ MAX_NEW = 12
 
 def run(name: str) -> dict:
     spec = {"model": "tiny", "engine": name, "batch_size": 3, "max_new_tokens": MAX_NEW, "dtype": "float32",
-            "prompt_lengths": LENGTHS, "targets": TARGETS, "book_path": book_path(None)}
+            "device": "cpu", "compile": False, "prompt_lengths": LENGTHS, "targets": TARGETS,
+            "book_path": book_path(None)}
     mc = bench.model_config("tiny", max(LENGTHS) + MAX_NEW)
     go = (bench.build_book if name == "book[batched]" else bench.build_ours)(spec, mc)
     with torch.inference_mode():
