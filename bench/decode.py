@@ -577,6 +577,15 @@ def summarise(results: dict[str, dict], floor: dict, report: dict, suite: str, d
         print(f"target {label}: {'n/a' if got is None else f'{got:.2f}x'} (need >= {need}x)")
 
 
+def add_process_flags(ap: argparse.ArgumentParser, timeout: float) -> None:
+    """--timeout and --budget (seconds per engine process, and for the whole run), and the hidden --worker
+    that runs one engine in its own process: the flags every bench that spawns engines shares."""
+    ap.add_argument("--timeout", type=float, default=timeout, help="seconds allowed per engine process")
+    ap.add_argument("--budget", type=float, help="seconds for the whole run: an engine runs at most what is "
+                                                 "left, and is skipped when too little is (default: no limit)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer tokens, one repeat (cpu suite: ours[auto] only)")
@@ -595,10 +604,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also time compiled engines (cpu suite: ours at batch 1; gpu suite: every engine)")
     ap.add_argument("--peers", help=f"engine:dtype list (default: cpu suite {PEERS}; gpu suite {GPU_PEERS})")
     ap.add_argument("--engines", help="run only these engines, by the names the run prints (comma-separated)")
-    ap.add_argument("--timeout", type=float, default=900, help="seconds allowed per engine process")
-    ap.add_argument("--budget", type=float, help="seconds for the whole run: an engine runs at most what is "
-                                                 "left, and is skipped when too little is (default: no limit)")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    add_process_flags(ap, timeout=900)
     args = ap.parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker))

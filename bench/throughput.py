@@ -76,8 +76,8 @@ from pathlib import Path
 
 import torch
 
-from bench.decode import (Budget, book_config, book_module, book_path, compile_book, now, peak_key, peak_memory_gb,
-                          random_book, random_qwen3, reset_peak_memory, run_worker)
+from bench.decode import (Budget, add_process_flags, book_config, book_module, book_path, compile_book, now, peak_key,
+                          peak_memory_gb, random_book, random_qwen3, reset_peak_memory, run_worker)
 from reasoning.model import PRESETS, ModelConfig
 
 
@@ -435,10 +435,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--book-path", help="directory holding reasoning_from_scratch "
                                         "(default: $RFS_PATH, else import it, else /tmp/rfs)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
-    ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed per engine process")
-    ap.add_argument("--budget", type=float, help="seconds for the whole run: an engine runs at most what is "
-                                                 "left, and is skipped when too little is (default: no limit)")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    add_process_flags(ap, timeout=1800)
     args = ap.parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker))

@@ -34,12 +34,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, TextIO
 
-import torch
-
-from .devices import DTYPES, checkpoint_dtype, peak_memory_bytes
-from .generate import MATMUL_DTYPES, Completion, Generator, SamplingConfig, TextStream, fastest_matmul_dtype
+from .devices import peak_memory_bytes
+from .generate import (Completion, Generator, SamplingConfig, TextStream, add_engine_flags, fastest_matmul_dtype,
+                       load_for_cli)
 from .tokenizer import THINK_CLOSE, THINK_OPEN, Tokenizer
-from .weights import load_model, resolve
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 PROMPT = ">>> "
@@ -258,19 +256,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0, help="answer i samples with seed + i")
-    ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
-                    help="weights' dtype (auto: bfloat16 on CUDA, else the checkpoint's own)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--compile", action="store_true", help="compile the decode step with torch.compile")
-    ap.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="auto",
-                    help="precision of the weight matmuls (auto: the faster of the weights' dtype and "
-                         "bfloat16, measured at start-up)")
+    add_engine_flags(ap)
     args = ap.parse_args(argv)
 
-    ckpt = resolve(args.model)
-    tok = Tokenizer(ckpt)
-    dtype = checkpoint_dtype(ckpt, args.device) if args.dtype == "auto" else DTYPES[args.dtype]
-    model = load_model(ckpt, dtype, args.device)
+    tok, model = load_for_cli(args)
+    dtype = model.embed_tokens.weight.dtype
     context = model.config.max_position_embeddings
     max_new = min(2048, context // 2) if args.max_new_tokens is None else args.max_new_tokens
     if max_new >= context:

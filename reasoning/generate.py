@@ -506,6 +506,26 @@ def load_generator(source: str | Path, settings: GenerationSettings, setting: st
                      batch_size=settings.batch_size, matmul_dtype=settings.matmul_dtype, model_id=model_id(ckpt))
 
 
+def add_engine_flags(ap: argparse.ArgumentParser) -> None:
+    """The flags of a command-line tool that loads one model to generate with (the generate and chat
+    CLIs): --dtype, --device, --compile, --matmul-dtype; `load_for_cli` reads them."""
+    ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+                    help="weights' dtype (auto: bfloat16 on CUDA, else the checkpoint's own)")
+    ap.add_argument("--device", default=default_device(),
+                    help="cpu, cuda[:N] or mps (default: CUDA, then Apple-silicon MPS, then the CPU)")
+    ap.add_argument("--compile", action="store_true", help="compile the decode step with torch.compile")
+    ap.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="auto",
+                    help="precision of the weight matmuls (auto: the fastest of the weights' dtype, bfloat16 and "
+                         "int8 copies, measured on this machine; model: the weights as loaded)")
+
+
+def load_for_cli(args: argparse.Namespace) -> tuple[Tokenizer, Qwen3]:
+    """(tokenizer, model) of `args.model` (a directory or hub id) as `add_engine_flags`' flags say."""
+    ckpt = resolve(args.model)
+    dtype = checkpoint_dtype(ckpt, args.device) if args.dtype == "auto" else DTYPES[args.dtype]
+    return Tokenizer(ckpt), load_model(ckpt, dtype, args.device)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from .prompts import PromptConfig, render
 
@@ -523,20 +543,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
-                    help="weights' dtype (auto: bfloat16 on CUDA, else the checkpoint's own)")
-    ap.add_argument("--device", default=default_device(),
-                    help="cpu, cuda[:N] or mps (default: CUDA, then Apple-silicon MPS, then the CPU)")
-    ap.add_argument("--compile", action="store_true", help="compile the decode step with torch.compile")
-    ap.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="auto",
-                    help="precision of the weight matmuls (auto: the faster of the weights' dtype and "
-                         "bfloat16, measured)")
+    add_engine_flags(ap)
     args = ap.parse_args(argv)
 
-    ckpt = resolve(args.model)
-    tok = Tokenizer(ckpt)
-    dtype = checkpoint_dtype(ckpt, args.device) if args.dtype == "auto" else DTYPES[args.dtype]
-    model = load_model(ckpt, dtype, args.device)
+    tok, model = load_for_cli(args)
     text = args.prompt
     if args.chat:
         text = render(args.prompt, PromptConfig(template="chat", think=args.think), tok.chat_template)
