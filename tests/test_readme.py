@@ -9,6 +9,8 @@ import importlib
 import io
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,15 @@ def test_make_targets_and_dvc_stages_named_exist():
                 if word.startswith("-"):
                     break  # the stage names come before the options
                 assert word in stages, f"README: `{m.group(0)}` names no stage of dvc.yaml"
+
+
+def test_the_readme_transformers_snippet_chats_with_an_export(tiny_ckpt):
+    """The README's `python -c` that loads a trained model in transformers runs as written on an export."""
+    pytest.importorskip("transformers")
+    text = README
+    start = text.index('    python -c "\n    from transformers')
+    block = text[start:text.index('"\n', start + 20) + 1]
+    code = "\n".join(line[4:] for line in block.splitlines())  # the README indents code by 4 spaces
+    snippet = code.removeprefix('python -c "').removesuffix('"').replace("data/models/sft", str(tiny_ckpt))
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
