@@ -3,9 +3,9 @@
 Design choices:
 - Module names follow Hugging Face's Qwen3 layout minus the `model.` prefix, so weight loading
   is a strict state-dict load with one prefix rule (see weights.py), not a translation table.
-- The KV cache is one pair of static buffers per layer, (slots, kv heads, positions, head dim),
-  allocated by `setup_caches` and only ever grown (a generator sizes it once for its largest batch
-  and context). Every cache row ("slot") holds one sequence from position 0; each row of a forward
+- The KV cache is one pair of static buffers per layer, seen as (slots, kv heads, positions, head
+  dim) for the generation at hand, allocated by `setup_caches` and only ever grown: a model holds
+  one cache, sized by its largest generation's slots x positions. Every cache row ("slot") holds one sequence from position 0; each row of a forward
   pass names its slot (`slots`, default the first B) and its own positions (`input_pos`, per row), so
   a decode batch can mix sequences of different lengths and a finished sequence's slot can take a
   new prompt while the others keep decoding (continuous batching, see generate.py). Writes go in
@@ -208,12 +208,27 @@ class Linear(nn.Linear):
 
 
 class KVCache(nn.Module):
-    def __init__(self, batch: int, seq: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype,
+    """One layer's keys and values: flat storage for `capacity` (slot, position) pairs, seen as
+    k_cache/v_cache of shape (slots, kv heads, positions, head dim) by `shape`. One storage serves a
+    generation of 64 slots x 128 positions and one of 1 slot x 8,192: memory follows the largest
+    call's slots x positions, not the largest slots times the largest positions of different calls."""
+
+    def __init__(self, capacity: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device | str | None):
         super().__init__()
-        shape = (batch, n_kv_heads, seq, head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.capacity, self.n_kv, self.head_dim = capacity, n_kv_heads, head_dim
+        size = capacity * n_kv_heads * head_dim
+        self.register_buffer("k_store", torch.zeros(size, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_store", torch.zeros(size, dtype=dtype, device=device), persistent=False)
+        self.k_cache = self.v_cache = self.k_store[:0]
+
+    def shape(self, batch: int, seq: int) -> None:
+        """See the storage as (batch, kv heads, seq, head dim); batch x seq <= capacity. Kept as it is
+        when the shape is the same (a compiled decode step then sees the same tensors)."""
+        shape = (batch, self.n_kv, seq, self.head_dim)
+        if tuple(self.k_cache.shape) != shape:
+            n = batch * seq * self.n_kv * self.head_dim
+            self.k_cache, self.v_cache = self.k_store[:n].view(shape), self.v_store[:n].view(shape)
 
     def update(self, slots: Tensor | None, input_pos: Tensor, k: Tensor, v: Tensor,
                kv_len: int) -> tuple[Tensor, Tensor]:
@@ -342,28 +357,25 @@ class Qwen3(nn.Module):
             self.register_buffer("rope_sin", sin.to(self.device), persistent=False)
 
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None) -> None:
-        """Static KV caches of at least `max_batch_size` slots x `max_seq_length` positions: kept when
-        the ones allocated already are that large (and of `dtype`, default the weights'), else
-        re-allocated at the larger of the old and the new size in each dimension, positions at least
-        doubling (up to max_position_embeddings), so a model's caches are allocated a few times at most
-        over any number of generations, even a chat whose history grows turn by turn."""
+        """Static KV caches seen as `max_batch_size` slots x `max_seq_length` positions (of `dtype`,
+        default the weights'). The storage allocated already is kept when it holds that many (slot,
+        position) pairs, else re-allocated (the old one freed first) at the larger of what is asked
+        and twice what it held, so a model's caches are allocated a few times at most over any number
+        of generations, even a chat whose history grows turn by turn."""
         dtype = dtype or self.embed_tokens.weight.dtype
         cache = self.layers[0].self_attn.kv_cache
-        if cache is not None and cache.k_cache.dtype == dtype and cache.k_cache.device == self.device \
-                and max_batch_size <= self.max_batch_size and max_seq_length <= self.max_seq_length:
-            return
-        if cache is not None and cache.k_cache.dtype == dtype:
-            max_batch_size = max(max_batch_size, self.max_batch_size)
-            if max_seq_length > self.max_seq_length:
-                max_seq_length = max(max_seq_length, min(2 * self.max_seq_length,
-                                                         self.config.max_position_embeddings))
-            max_seq_length = max(max_seq_length, self.max_seq_length)
-        for layer in self.layers:  # free the old buffers before allocating the new: one cache at a time
-            layer.self_attn.kv_cache = None
-        self.max_batch_size, self.max_seq_length = max_batch_size, max_seq_length
+        need = max_batch_size * max_seq_length
+        if cache is None or cache.k_store.dtype != dtype or cache.k_store.device != self.device \
+                or cache.capacity < need:
+            capacity = need if cache is None or cache.k_store.dtype != dtype else max(need, 2 * cache.capacity)
+            for layer in self.layers:  # free the old storage before allocating the new: one cache at a time
+                layer.self_attn.kv_cache = None
+            for layer in self.layers:
+                a = layer.self_attn
+                a.kv_cache = KVCache(capacity, a.n_kv, a.head_dim, dtype, self.device)
         for layer in self.layers:
-            a = layer.self_attn
-            a.kv_cache = KVCache(max_batch_size, max_seq_length, a.n_kv, a.head_dim, dtype, self.device)
+            layer.self_attn.kv_cache.shape(max_batch_size, max_seq_length)
+        self.max_batch_size, self.max_seq_length = max_batch_size, max_seq_length
         self._ensure_rope(max_seq_length)
 
     def set_matmul_dtype(self, dtype: torch.dtype | None) -> None:

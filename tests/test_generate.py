@@ -364,25 +364,28 @@ def test_a_finished_row_s_slot_is_refilled_at_once(small_batch, monkeypatch):
 
 
 def test_the_cache_is_allocated_once_and_reused(tiny_ckpt, monkeypatch):
+    """One storage per layer, sized by slots x positions: calls that fit reuse it whatever their shape (64
+    slots of short answers, then one long answer), and a larger one grows it once, at least twice as large."""
     from reasoning import model as model_module
     made = []
 
     class Counting(model_module.KVCache):
-        def __init__(self, *args, **kwargs):
-            made.append(args[:2])
-            super().__init__(*args, **kwargs)
+        def __init__(self, capacity, *args, **kwargs):
+            made.append(capacity)
+            super().__init__(capacity, *args, **kwargs)
 
     monkeypatch.setattr(model_module, "KVCache", Counting)
     g = Generator(load_model(tiny_ckpt), Tokenizer(tiny_ckpt), batch_size=4)
     cfg = SamplingConfig(max_new_tokens=20, temperature=1.0, stop_strings=("e",))
-    g.generate(MIXED, cfg, n=2)  # the largest call first: 4 slots, the longest prompt + 20
+    g.generate(MIXED, cfg, n=2)  # the largest call first: 4 slots x (the longest prompt + 20, rounded to 64)
     layers = len(g.model.layers)
-    assert len(made) == layers and made[0][0] == 4
-    ptr = g.model.layers[0].self_attn.kv_cache.k_cache.data_ptr()
-    for prompts, n in ((MIXED[:3], 1), (MIXED, 1), (MIXED[2:5], 2), ([MIXED[0]], 1)):
-        g.generate(prompts, cfg, n=n)
-    assert len(made) == layers and g.model.layers[0].self_attn.kv_cache.k_cache.data_ptr() == ptr
-    g.generate(MIXED, SamplingConfig(max_new_tokens=200))  # a longer context: grown once, to the larger size
-    assert len(made) == 2 * layers and made[-1][0] == 4 and made[-1][1] >= 2 * made[0][1]
-    g.generate(["x"], SamplingConfig(max_new_tokens=made[-1][1] - 64))  # up to the grown size: kept
-    assert len(made) == 2 * layers
+    cache = g.model.layers[0].self_attn.kv_cache
+    assert len(made) == layers and made[0] == 4 * cache.k_cache.shape[2]
+    ptr = cache.k_store.data_ptr()
+    long = min(made[0], 512) - 64  # one slot, as many positions as the storage (and the context) holds
+    for prompts, n, new in ((MIXED[:3], 1, 20), (MIXED, 1, 20), (MIXED[2:5], 2, 20), (["x"], 1, long)):
+        g.generate(prompts, SamplingConfig(max_new_tokens=new, temperature=1.0), n=n)
+        assert g.model.layers[0].self_attn.kv_cache.k_cache.numel() <= cache.k_store.numel()
+    assert len(made) == layers and g.model.layers[0].self_attn.kv_cache.k_store.data_ptr() == ptr
+    g.generate(MIXED, SamplingConfig(max_new_tokens=200))  # 4 x ~256 positions: grown once
+    assert len(made) == 2 * layers and made[-1] >= 2 * made[0]
