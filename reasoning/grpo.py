@@ -16,13 +16,15 @@ Design choices:
   tokens for DAPO), counted before the forward; each micro-batch and rank adds its share, so
   accumulation and distribution make the update one big batch would.
 - Under torchrun, rank r samples slice r of each block of prompts; rewards and lengths are
-  all-gathered, so every rank computes the same filtering, advantages and metrics. Gradients
-  are summed by an explicit all_reduce rather than DDP's hooks, because ranks run different
-  numbers of backward passes (filtering leaves uneven shares) and DDP requires equal ones;
-  the generator holds the plain module.
+  all-gathered, so every rank computes the same filtering, advantages and metrics. The policy
+  (and the reference model) are placed per `strategy` (reasoning.parallel: DDP, or FSDP2 shards);
+  filtering leaves the ranks uneven shares, so each pads its micro-batches with idle ones to the
+  busiest rank's count, as both strategies' collectives require. The engine generates with the
+  caller's plain model, which holds the full weights (under fsdp gathered after each update).
 - Dynamic sampling "resample" (DAPO) draws exactly the missing number of prompts each round,
   so a batch never overshoots and the data consumed does not depend on the world size.
-- Checkpoints, learning-rate schedule, optimizer and process-group handling are train.py's.
+- Learning-rate schedule and optimizer are train.py's; checkpoints and the process group
+  reasoning.checkpoint's; placement (DDP or FSDP) reasoning.parallel's, as for SFT.
 
 Simplifications against the papers: no value model or reward model (rewards are the grader's
 verdict and optional format bonus); DAPO's soft overlong penalty is replaced by masking
@@ -52,10 +54,11 @@ from .generate import GREEDY_BELOW, Completion, Generator, SamplingConfig, check
 from .grading import GRADER_NAME, GRADER_VERSION, grade
 from .metrics import compare_records
 from .model import Qwen3
+from .parallel import Placed, place, strategy_problems
 from .prompts import PromptConfig, chat_template_of, render
 from .seeds import sample_seed
 from .tokenizer import Tokenizer
-from .train import Example, LogFn, NonFiniteError, TrainConfig, adamw, check_finite, collate, lr_at
+from .train import Example, LogFn, NonFiniteError, TrainConfig, adamw, check_finite, collate, idle_batch, lr_at
 
 RewardFn = Callable[[str, str], float]  # (completion text, gold answer) -> reward
 EvalFn = Callable[[Qwen3], dict[str, float]]  # model -> metrics with "accuracy"
@@ -153,6 +156,11 @@ class GRPOConfig:
     """Sequences per forward/backward on one process (gradient accumulation; memory knob)."""
     gradient_checkpointing: bool = False
     """Recompute block activations in the backward pass (memory knob)."""
+    strategy: str = "ddp"
+    """How the policy and the reference model are spread over processes (reasoning.parallel): "ddp"
+    (a replica per process) or "fsdp" (FSDP2: parameters, gradients and AdamW state sharded)."""
+    cpu_offload: bool = False
+    """fsdp only: keep the shards, their gradients and the AdamW state in CPU memory (memory knob)."""
 
     # --- run
     eval_every: int = 0
@@ -162,11 +170,13 @@ class GRPOConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
-    """fp32 master weights; bf16 autocast when this resolves to bfloat16."""
+    """fp32 master weights; bf16 autocast when this resolves to bfloat16 (and, under fsdp, bf16
+    all-gathers with fp32 gradient reduction)."""
 
     # Fields that may change between a run and its resumption: they do not change the trajectory.
     RUN_ONLY: ClassVar[tuple[str, ...]] = ("eval_every", "checkpoint_every", "device", "micro_batch_size",
-                                           "generation_batch_size", "gradient_checkpointing", "compile")
+                                           "generation_batch_size", "gradient_checkpointing", "compile",
+                                           "strategy", "cpu_offload")
 
     def __post_init__(self) -> None:
         check_matmul_dtype(self.matmul_dtype, "grpo.train.matmul_dtype")
@@ -192,7 +202,7 @@ class GRPOConfig:
             (self.max_resample_rounds < 0, "max_resample_rounds must be >= 0"),
             (self.eval_every < 0 or self.checkpoint_every < 0,
              "eval_every and checkpoint_every must be >= 0"),
-        ] if bad]
+        ] if bad] + strategy_problems(self.strategy, self.cpu_offload)
         if problems:
             raise ValueError(f"invalid GRPOConfig: {'; '.join(problems)}")
         SamplingConfig(self.max_new_tokens, self.temperature, 0, self.top_p)  # validates those fields
@@ -465,7 +475,7 @@ def build_examples(groups: Sequence[Group], adv: Tensor,
     return examples, advs
 
 
-def _check_reference(ref_model: Qwen3 | None, cfg: GRPOConfig) -> None:
+def _check_reference(ref_model: Qwen3 | Placed | None, cfg: GRPOConfig) -> None:
     if cfg.beta and ref_model is None:
         raise ValueError("beta > 0 needs a frozen reference model: pass ref_model, or set beta: 0")
 
@@ -475,34 +485,25 @@ def make_optimizer(model: Qwen3, cfg: GRPOConfig) -> torch.optim.AdamW:
     return adamw(model, cfg.optim)
 
 
-def _sync_grads(params: Sequence[torch.nn.Parameter], comm: Dist) -> None:
-    """Sum gradients over ranks (each rank's loss is already divided by the global units)."""
-    if comm.world == 1:
-        return
-    for p in params:
-        if p.grad is None:  # this rank had no sequences for this parameter
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-
-
-def grpo_step(model: Qwen3, ref_model: Qwen3 | None, generator: Generator, stream: PromptStream,
+def grpo_step(policy: Placed, ref: Placed | None, generator: Generator, stream: PromptStream,
               optimizer: torch.optim.Optimizer, step: int, cfg: GRPOConfig,
-              reward_fns: Mapping[str, RewardFn] | None = None, comm: Dist | None = None,
-              autocast: Any = nullcontext()) -> dict[str, float]:
-    """One GRPO step (`step` counts from 0): rollouts, rewards, advantages, `num_iterations` updates.
+              reward_fns: Mapping[str, RewardFn] | None = None, autocast: Any = nullcontext()) -> dict[str, float]:
+    """One GRPO step (`step` counts from 0): rollouts with `generator` (on `policy.model`), rewards,
+    advantages, `num_iterations` updates of the policy (`parallel.place`; `ref`: the placed frozen
+    reference model, needed when beta > 0), after which `policy.model` holds the updated weights.
 
     Returns the step's metrics (global over ranks). `reward_fns` defaults to `cfg.reward_funcs`.
     """
     t0 = time.perf_counter()
-    comm = comm or Dist(model.device)
-    _check_reference(ref_model, cfg)
+    comm = policy.comm
+    _check_reference(ref, cfg)
     reward_fns = reward_fns or {name: REWARDS[name] for name in cfg.reward_funcs}
     weights = torch.tensor(cfg.reward_weights or [1.0] * len(reward_fns))
     if len(weights) != len(reward_fns):
         raise ValueError(f"{len(cfg.reward_weights)} reward_weights for {len(reward_fns)} reward functions")
-    device = model.device
+    device = policy.device
 
-    model.eval()
+    policy.model.eval()
     with autocast:
         kept, sampled, rounds = collect_groups(generator, stream, cfg, reward_fns, weights, comm)
     t_rollout = time.perf_counter() - t0  # sampling and rewards
@@ -530,7 +531,8 @@ def grpo_step(model: Qwen3, ref_model: Qwen3 | None, generator: Generator, strea
         batches = [(*collate(examples, idx, device), torch.tensor([advs[i] for i in idx], device=device))
                    for idx in chunks]
         [units] = comm.sum([sum(loss_units(b[2], cfg) for b in batches)], device)
-        totals.update(_update(model, ref_model, optimizer, batches, units, step, cfg, comm, autocast))
+        totals.update(_update(policy, ref, optimizer, batches, units, step, cfg, autocast))
+        policy.gather()  # fsdp: the next rollouts and evaluations see the update
 
     dt = time.perf_counter() - t0
     n_iter = cfg.num_iterations
@@ -563,15 +565,18 @@ def check_rewards(rewards: Tensor, names: Sequence[str], step: int) -> None:
                              "unparsable one)")
 
 
-def _update(model: Qwen3, ref_model: Qwen3 | None, optimizer: torch.optim.Optimizer, batches: list[tuple],
-            units: float, step: int, cfg: GRPOConfig, comm: Dist, autocast: Any) -> dict[str, float]:
+def _update(policy: Placed, ref: Placed | None, optimizer: torch.optim.Optimizer, batches: list[tuple],
+            units: float, step: int, cfg: GRPOConfig, autocast: Any) -> dict[str, float]:
     """`num_iterations` optimizer steps on this rank's micro-batches; pooled (global) sums of the stats."""
-    model.train()
-    model.gradient_checkpointing = cfg.gradient_checkpointing
-    params = [p for p in model.parameters() if p.requires_grad]
+    comm, device = policy.comm, policy.device
+    policy.trained.train()
+    policy.trained.gradient_checkpointing = cfg.gradient_checkpointing
+    # Every rank runs as many micro-batches as the busiest (idle ones add nothing).
+    batches = batches + [(*idle_batch(device), torch.zeros(1, device=device))] * (
+        comm.max(len(batches), device) - len(batches))
     n_iter = cfg.num_iterations
     old: list[Tensor] = []
-    ref: list[Tensor | None] = []
+    ref_logps: list[Tensor | None] = []
     keys = ("loss", "tokens", "clipped_low", "clipped_high", "kl", "entropy")
     local = dict.fromkeys(keys, 0.0)
     grad_norm = 0.0
@@ -580,26 +585,27 @@ def _update(model: Qwen3, ref_model: Qwen3 | None, optimizer: torch.optim.Optimi
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step * n_iter + it, cfg.optim, cfg.max_steps * n_iter)
         for j, (inputs, targets, mask, adv) in enumerate(batches):
-            with autocast:
-                logp, entropy = sequence_logps(model, inputs, targets, cfg.temperature)
-            if it == 0:  # the policy that sampled: ratio 1 now, the anchor of later iterations
-                old.append(logp.detach())
-                ref.append(_ref_logps(ref_model, inputs, targets, cfg, autocast) if cfg.beta else None)
-            loss, stats = policy_loss(logp, old[j], adv, mask, cfg, ref[j], denom=units)
-            loss.backward()
+            with policy.accumulate(last=j == len(batches) - 1):
+                with autocast:
+                    logp, entropy = sequence_logps(policy.net, inputs, targets, cfg.temperature)
+                if it == 0:  # the policy that sampled: ratio 1 now, the anchor of later iterations
+                    old.append(logp.detach())
+                    ref_logps.append(_ref_logps(ref.net, inputs, targets, cfg, autocast) if cfg.beta else None)
+                loss, stats = policy_loss(logp, old[j], adv, mask, cfg, ref_logps[j], denom=units)
+                # DDP and FSDP average the ranks' gradients: scale this share back to a sum.
+                (loss * comm.world).backward()
             local["loss"] += loss.item()
             local["entropy"] += float((entropy * mask).sum())
             for k, v in stats.items():
                 local[k] += v
-        _sync_grads(params, comm)
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")).item()
+        norm = policy.clip_grad_norm(cfg.max_grad_norm)
         check_finite(step + 1 if n_iter == 1 else f"{step + 1} (iteration {it + 1} of {n_iter})",
                      {"loss": local["loss"] - loss_before, "gradient norm": norm})
         grad_norm += norm
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    pooled = dict(zip(keys, comm.sum([local[k] for k in keys], model.device)))
+    policy.trained.eval()
+    pooled = dict(zip(keys, comm.sum([local[k] for k in keys], device)))
     return {**pooled, "grad_norm": grad_norm}
 
 
@@ -654,32 +660,34 @@ def train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer,
     Returns {steps, resumed_from, reward_mean, evals, wall_s}.
     """
     t_start = time.perf_counter()
-    with training_setup(cfg.device, cfg.dtype, "GRPO") as (device, dtype, comm):
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    with training_setup(cfg.device, cfg.dtype, "GRPO", cfg.strategy, cfg.cpu_offload) as (device, dtype, comm):
         return _train_grpo(model, ref_model, tokenizer, train_rows, cfg, Path(out_dir), eval_fn, log,
-                           reward_fns, device, autocast, comm, t_start)
+                           reward_fns, device, dtype, comm, t_start)
 
 
 def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, rows: Sequence[dict[str, Any]],
                 cfg: GRPOConfig, out_dir: Path, eval_fn: EvalFn | None, log: LogFn | None,
-                reward_fns: Mapping[str, RewardFn] | None, device: torch.device, autocast: Any, comm: Dist,
+                reward_fns: Mapping[str, RewardFn] | None, device: torch.device, dtype: torch.dtype, comm: Dist,
                 t_start: float) -> dict[str, Any]:
     reward_fns = dict(reward_fns or {name: REWARDS[name] for name in cfg.reward_funcs})
     _check_reference(ref_model, cfg)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     stream = PromptStream(rows, cfg.seed)
     data_sha = stable_hash([[str(r["problem"]), str(r["answer"])] for r in rows])
-    model.to(device=device, dtype=torch.float32)  # fp32 master weights
-    if ref_model is not None:
-        ref_model.to(device).eval().requires_grad_(False)
-    optimizer = make_optimizer(model, cfg)
+    model.to(device=device, dtype=torch.float32)  # fp32 master weights, on the device the engine runs on
+    policy = place(model, cfg.strategy, comm, device, dtype, cfg.cpu_offload)
+    ref = (place(ref_model, cfg.strategy, comm, device, dtype, cfg.cpu_offload,
+                 frozen=True) if cfg.beta else None)
+    optimizer = make_optimizer(policy.trained, cfg)
     torch.manual_seed(cfg.seed + comm.rank)
     random.seed(cfg.seed + comm.rank)
 
     key = {**run_settings(cfg), "reward functions": list(reward_fns), "training data": data_sha}
     state: dict[str, Any] = {"step": 0, "data_position": 0, "rewards": [], "evals": []}
-    saved = resume(out_dir, model, optimizer, key, comm)
+    saved = resume(out_dir, policy.net, optimizer, key, comm)
     if saved is not None:
         state = {k: saved[k] for k in state}
+        policy.gather()  # fsdp: the engine and the evaluation start from the checkpoint's weights
     resumed_from = state["step"]
     stream.pos = state["data_position"]
     generator = Generator(model, tokenizer, compile=cfg.compile, batch_size=cfg.generation_batch_size,
@@ -702,8 +710,7 @@ def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, row
         if eval_fn and not state["evals"]:
             emit(state["step"], evaluate_now())
         while state["step"] < cfg.max_steps:
-            metrics = grpo_step(model, ref_model, generator, stream, optimizer, state["step"], cfg,
-                                reward_fns, comm, autocast)
+            metrics = grpo_step(policy, ref, generator, stream, optimizer, state["step"], cfg, reward_fns, autocast)
             state["step"] += 1
             state["data_position"] = stream.pos
             state["rewards"].append(metrics["reward_mean"])
@@ -712,7 +719,7 @@ def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, row
                 metrics.update(evaluate_now())
             emit(state["step"], metrics)
             if end or (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0):
-                save_checkpoint(out_dir, model, optimizer, state, key, comm)
+                save_checkpoint(out_dir, policy.net, optimizer, state, key, comm)
     model.eval()
     return {"steps": state["step"], "resumed_from": resumed_from,
             "reward_mean": state["rewards"][-1] if state["rewards"] else None,

@@ -18,10 +18,13 @@ Design choices:
 - Resuming is reasoning.checkpoint's: full-state checkpoints, the run key (settings minus
   `TrainConfig.RUN_ONLY`, the data fingerprint, the architecture) checked on resume, the
   per-step log (out_dir/metrics.jsonl) cut back to the checkpoint.
-- Under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP (gloo on CPU, NCCL on CUDA) and
-  rank r takes slice r of every global batch; rank 0 calls `log` and writes the shared files.
-- fp32 master weights; bf16 autocast when `dtype` resolves to bfloat16 (CUDA by default).
-  fp16 would need loss scaling, so it is refused.
+- Under torchrun (WORLD_SIZE > 1) rank r takes slice r of every global batch, and the model is
+  placed per `strategy` (reasoning.parallel: DDP replicas, or FSDP2 shards with optional CPU
+  offload; gloo on CPU, NCCL on CUDA); rank 0 calls `log` and writes the shared files. The
+  strategy changes memory, not the trajectory (up to float rounding), so it may change on resume.
+- fp32 master weights; bf16 autocast when `dtype` resolves to bfloat16 (CUDA by default), and
+  under fsdp bf16 all-gathers with fp32 gradient reduction. fp16 would need loss scaling, so it
+  is refused.
 - Metrics go to out_dir/metrics.jsonl and a `log(step, metrics)` callback: the package never
   imports a tracker.
 """
@@ -46,6 +49,7 @@ from torch import Tensor
 from .checkpoint import Dist, StepLog, resume, run_settings, save_checkpoint, training_setup
 from .config import stable_hash
 from .model import Qwen3
+from .parallel import Placed, place, strategy_problems
 
 Example = tuple[Sequence[int], Sequence[int]]  # (tokens, loss_mask), equal lengths
 LogFn = Callable[[int, dict[str, float]], None]
@@ -71,10 +75,12 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     gradient_checkpointing: bool = False
+    strategy: str = "ddp"  # ddp | fsdp: how the model is spread over processes (reasoning.parallel)
+    cpu_offload: bool = False  # fsdp: shards, gradients and AdamW state in CPU memory
 
     # Fields that may change between a run and its resumption: they do not change the trajectory.
     RUN_ONLY: ClassVar[tuple[str, ...]] = ("eval_every", "checkpoint_every", "device", "micro_batch_size",
-                                           "gradient_checkpointing")
+                                           "gradient_checkpointing", "strategy", "cpu_offload")
 
     def __post_init__(self) -> None:
         problems = [
@@ -89,7 +95,7 @@ class TrainConfig:
                 (self.bucket_batches < 1, "bucket_batches must be >= 1"),
                 (self.eval_every < 0 or self.checkpoint_every < 0, "eval_every and checkpoint_every must be >= 0"),
             ] if bad
-        ]
+        ] + strategy_problems(self.strategy, self.cpu_offload)
         if problems:
             raise ValueError(f"invalid TrainConfig: {'; '.join(problems)}")
 
@@ -163,6 +169,14 @@ def collate(examples: Sequence[Example], idx: Sequence[int], device: torch.devic
     return inputs.to(device), targets.to(device), mask.to(device)
 
 
+def idle_batch(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(inputs, targets, mask) of one masked-out token: a rank with fewer micro-batches than the
+    others runs it to join their collectives (FSDP's forwards, DDP's and FSDP's backwards)
+    without changing the loss or any gradient."""
+    zeros = torch.zeros(1, 1, dtype=torch.long, device=device)
+    return zeros, zeros, torch.zeros(1, 1, device=device)
+
+
 def fingerprint(examples: Sequence[Example]) -> str:
     """sha256 of the tokens and masks, to refuse resuming on different data."""
     h = hashlib.sha256()
@@ -187,16 +201,18 @@ def _token_loss_sum(model: torch.nn.Module, batch: tuple[Tensor, Tensor, Tensor]
 
 
 @torch.no_grad()
-def validation_loss(model: Qwen3, examples: Sequence[Example], micro_batch_size: int, device: torch.device,
-                    autocast: Any = nullcontext(), comm: Dist | None = None) -> float:
-    """Mean target cross-entropy over `examples` (sharded across ranks when distributed)."""
+def validation_loss(model: torch.nn.Module, examples: Sequence[Example], micro_batch_size: int,
+                    device: torch.device, autocast: Any = nullcontext(), comm: Dist | None = None) -> float:
+    """Mean target cross-entropy over `examples` (sharded across ranks when distributed; every rank
+    runs as many forwards as the busiest, since an FSDP forward is a collective)."""
     rank, world = (comm.rank, comm.world) if comm else (0, 1)
     was_training = model.training
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))[rank::world]
+    chunks = [order[j:j + micro_batch_size] for j in range(0, len(order), micro_batch_size)]
     total = count = 0.0
-    for j in range(0, len(order), micro_batch_size):
-        batch = collate(examples, order[j:j + micro_batch_size], device)
+    for j in range(comm.max(len(chunks), device) if comm else len(chunks)):
+        batch = collate(examples, chunks[j], device) if j < len(chunks) else idle_batch(device)
         total += _token_loss_sum(model, batch, autocast).item()
         count += batch[2].sum().item()
     if comm:
@@ -216,13 +232,14 @@ def adamw(model: Qwen3, cfg: TrainConfig) -> torch.optim.AdamW:
 def train(model: Qwen3, train_examples: Sequence[Example], cfg: TrainConfig, out_dir: str | Path,
           val_examples: Sequence[Example] | None = None, log: LogFn | None = None) -> dict[str, Any]:
     """Train `model` in place on next-token prediction; resume from `out_dir` if it holds a checkpoint.
+    The model ends on the training device with the trained fp32 weights, whatever `cfg.strategy`.
 
     Returns {steps, train_loss, val_loss, examples, dropped, tokens_seen, wall_s, resumed_from}.
     Rank 0 appends to out_dir/metrics.jsonl and calls `log(step, metrics)`: loss, lr, grad_norm,
     tokens_per_s, step_time and epoch after every step, and val_loss after each validation.
     """
     t_start = time.perf_counter()
-    with training_setup(cfg.device, cfg.dtype, "this loop") as (device, dtype, comm):
+    with training_setup(cfg.device, cfg.dtype, "this loop", cfg.strategy, cfg.cpu_offload) as (device, dtype, comm):
         return _train(model, train_examples, cfg, Path(out_dir), val_examples, log, device, dtype, comm, t_start)
 
 
@@ -241,40 +258,38 @@ def _train(model: Qwen3, train_examples: Sequence[Example], cfg: TrainConfig, ou
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     data_sha = fingerprint(examples)
 
-    model.to(device=device, dtype=torch.float32)  # fp32 master weights
+    model.to(dtype=torch.float32)  # fp32 master weights
     model.gradient_checkpointing = cfg.gradient_checkpointing
-    opt = adamw(model, cfg)
+    placed = place(model, cfg.strategy, comm, device, dtype, cfg.cpu_offload)
+    opt = adamw(placed.trained, cfg)
     torch.manual_seed(cfg.seed + comm.rank)
     random.seed(cfg.seed + comm.rank)
     key = {**run_settings(cfg), "training data": data_sha, "model architecture": stable_hash(model.config)}
     state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "train_loss": None, "val_loss": None}
-    saved = resume(out_dir, model, opt, key, comm)
+    saved = resume(out_dir, placed.net, opt, key, comm)
     if saved is not None:
         state = {k: saved[k] for k in state}
     resumed_from = state["step"]
     with StepLog(out_dir, resumed_from, comm.rank, log) as step_log:
-        _loop(model, examples, val, cfg, out_dir, opt, state, key, total_steps, steps_per_epoch, step_log,
+        _loop(placed, examples, val, cfg, out_dir, opt, state, key, total_steps, steps_per_epoch, step_log,
               device, dtype, comm)
+    placed.gather()  # fsdp: the trained shards into the caller's model
+    model.to(device).eval()
     return {"steps": total_steps, "train_loss": state["train_loss"], "val_loss": state["val_loss"],
             "examples": len(examples), "dropped": dropped, "tokens_seen": state["tokens_seen"],
             "wall_s": time.perf_counter() - t_start, "resumed_from": resumed_from}
 
 
-def _loop(model: Qwen3, examples: list[Example], val: list[Example], cfg: TrainConfig, out_dir: Path,
+def _loop(placed: Placed, examples: list[Example], val: list[Example], cfg: TrainConfig, out_dir: Path,
           opt: torch.optim.Optimizer, state: dict[str, Any], key: dict[str, Any], total_steps: int,
           steps_per_epoch: int, log: StepLog, device: torch.device, dtype: torch.dtype, comm: Dist) -> None:
     """Optimizer steps from state["step"] to total_steps, updating `state` in place."""
     lengths = [len(t) for t, _ in examples]
-
-    ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                     else None) if comm.world > 1 else None)
-    net = ddp or model
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
+    placed.trained.train()
 
     def checkpoint() -> None:
-        save_checkpoint(out_dir, model, opt, {
+        save_checkpoint(out_dir, placed.net, opt, {
             **state, "epoch": state["step"] // steps_per_epoch, "batch_in_epoch": state["step"] % steps_per_epoch,
             "total_steps": total_steps}, key, comm)
 
@@ -288,17 +303,17 @@ def _loop(model: Qwen3, examples: list[Example], val: list[Example], cfg: TrainC
         t0 = time.perf_counter()
         n_targets = sum(sum(examples[i][1][1:]) for i in batch)
         n_tokens = sum(lengths[i] - 1 for i in batch)
+        # Every rank has as many micro-batches (equal shares), so no idle passes are needed here.
         micro = _micro_batches(examples, batch, comm.rank, comm.world, cfg.micro_batch_size)
         loss_sum = 0.0
         for k, idx in enumerate(micro):
-            # Gradients are all-reduced (averaged over ranks) only on the last micro-batch.
-            sync = nullcontext() if ddp is None or k == len(micro) - 1 else ddp.no_sync()
-            with sync:
-                part = _token_loss_sum(net, collate(examples, idx, device), autocast)
+            with placed.accumulate(last=k == len(micro) - 1):
+                part = _token_loss_sum(placed.net, collate(examples, idx, device), autocast)
+                # DDP and FSDP average the ranks' gradients: scale each share back to a sum.
                 (part * comm.world / n_targets).backward()
             loss_sum += part.item()
         [loss_sum] = comm.sum([loss_sum], device)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")).item()
+        grad_norm = placed.clip_grad_norm(cfg.grad_clip)
         check_finite(step + 1, {"loss": loss_sum / n_targets, "gradient norm": grad_norm})
         lr = lr_at(step, cfg, total_steps)
         for group in opt.param_groups:
@@ -312,8 +327,8 @@ def _loop(model: Qwen3, examples: list[Example], val: list[Example], cfg: TrainC
         end = state["step"] == total_steps
         epoch_end = state["step"] % steps_per_epoch == 0
         if val and (end or epoch_end or (cfg.eval_every and state["step"] % cfg.eval_every == 0)):
-            state["val_loss"] = validation_loss(model, val, cfg.micro_batch_size, device, autocast, comm)
+            state["val_loss"] = validation_loss(placed.trained, val, cfg.micro_batch_size, device, autocast, comm)
             log(state["step"], {"val_loss": state["val_loss"]})
         if end or epoch_end or (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0):
             checkpoint()
-    model.eval()
+    placed.trained.eval()

@@ -8,7 +8,7 @@ at each epoch's end); the curves are JSON lists for DVC plots and MLflow. Glue o
 section -> SFTConfig -> reasoning.distill.build_sft_examples -> reasoning.train. The full training
 state lives in STATE/<hash of the run: student weights, traces, settings> (git-ignored): a killed
 run resumes there and ends where an uninterrupted one would; it is deleted on success unless
---keep-state. Runs under torchrun (DDP) unchanged; rank 0 writes the outputs.
+--keep-state. Runs under torchrun unchanged (train.strategy: ddp or fsdp); rank 0 writes the outputs.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ("--metrics", "metrics file"), ("--curve", "per-step training curve"),
         ("--val-curve", "validation loss per epoch"),
         ("--state", "training-state directory for resuming, e.g. runs/distill_sft"),
-    ], epilog="Several processes (DistributedDataParallel): `torchrun --nproc_per_node N -m stages.distill_sft ...`")
+    ], epilog="Several processes (train.strategy ddp or fsdp): `torchrun --nproc_per_node N -m stages.distill_sft ...`")
     ap.add_argument("--keep-state", action="store_true", help="keep the training state after success")
     args = ap.parse_args(argv)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from reasoning.checkpoint import StepLog, check_resumable, run_settings
+from reasoning.checkpoint import Dist, StepLog, check_resumable, load_checkpoint, run_settings
 from reasoning.config import run_dir
 from reasoning.files import read_jsonl, write_json, write_jsonl
+from reasoning.model import PRESETS, Qwen3
 from reasoning.train import TrainConfig
 
 
@@ -39,3 +41,13 @@ def test_step_log_is_cut_back_to_the_resumed_checkpoint(tmp_path):
     with StepLog(tmp_path, 0, rank=0):  # a fresh start (no checkpoint): all of it is redone
         pass
     assert read_jsonl(tmp_path / "metrics.jsonl") == []
+
+
+def test_a_checkpoint_of_the_former_format_is_refused_with_the_fix(tmp_path):
+    """Before DCP a checkpoint held model/ and optimizer.safetensors: resuming one names the fix."""
+    ckpt = tmp_path / "run" / "step_00000002"
+    write_json(ckpt / "state.json", {"step": 2, "run_key": {}, "param_groups": []})
+    (ckpt / "model").mkdir()
+    model = Qwen3(PRESETS["tiny"])
+    with pytest.raises(ValueError, match=r"holds no state/ directory.*delete .*run to start over"):
+        load_checkpoint(ckpt, model, torch.optim.AdamW(model.parameters()), Dist(torch.device("cpu")))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from reasoning.config import from_dict
+from reasoning.files import read_json, read_jsonl
 from reasoning.generate import Completion, Generator
 from reasoning.grpo import (
     GRPOConfig,
@@ -37,6 +39,7 @@ from reasoning.grpo import (
 )
 from reasoning.tokenizer import Tokenizer
 from reasoning.checkpoint import Dist
+from reasoning.parallel import place
 from reasoning.train import NonFiniteError
 from reasoning.weights import load_model
 
@@ -302,7 +305,7 @@ def test_grpo_step_raises_a_rewarded_behaviour(tiny_ckpt):
     model, tok = load_model(tiny_ckpt), Tokenizer(tiny_ckpt)
     cfg = cfg_(**{**TINY, "max_steps": 20})
     gen, stream, opt = Generator(model, tok), PromptStream(ROWS, cfg.seed), make_optimizer(model, cfg)
-    history = [grpo_step(model, None, gen, stream, opt, step, cfg, {"e": e_share})
+    history = [grpo_step(place(model), None, gen, stream, opt, step, cfg, {"e": e_share})
                for step in range(cfg.max_steps)]
     rewards = [m["reward_mean"] for m in history]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
@@ -364,48 +367,86 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tiny_ckpt, tmp_path):
 
 DIST_SCRIPT = """
 import json, os, sys, torch
+import torch.distributed as dist
 from safetensors.torch import save_file
+import reasoning.grpo as core
 from reasoning.config import from_dict
+from reasoning.files import read_json, read_jsonl
 from reasoning.grpo import GRPOConfig, train_grpo
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model
 from tests.test_grpo import ROWS, e_share
 
 torch.set_num_threads(1)
-ckpt, out, cfg = sys.argv[1], sys.argv[2], from_dict(GRPOConfig, json.loads(sys.argv[3]))
-model = load_model(ckpt)
-train_grpo(model, None, Tokenizer(ckpt), ROWS, cfg, out, reward_fns={"e": e_share})
-if os.environ["RANK"] == "0":
-    save_file({k: v.contiguous() for k, v in model.named_parameters()}, out + "/final.safetensors")
+dist.init_process_group("gloo")  # one group for the three runs (train_grpo leaves a group it did not open)
+ckpt, out, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+for name, strategy in (("ddp", "ddp"), ("fsdp", "fsdp")):
+    model = load_model(ckpt)
+    cfg = from_dict(GRPOConfig, {**settings, "strategy": strategy})
+    train_grpo(model, load_model(ckpt), Tokenizer(ckpt), ROWS, cfg, f"{out}/{name}", reward_fns={"e": e_share})
+    if os.environ["RANK"] == "0":
+        save_file({k: v.contiguous() for k, v in model.named_parameters()}, f"{out}/{name}.safetensors")
+
+class Killed(Exception):
+    pass
+
+def lr_until_step_3(step, *args):  # every rank dies in step 3 (one iteration per step), after step 2's checkpoint
+    if step >= 2:
+        raise Killed
+    return real_lr(step, *args)
+
+real_lr, core.lr_at = core.lr_at, lr_until_step_3
+try:
+    train_grpo(load_model(ckpt), load_model(ckpt), Tokenizer(ckpt), ROWS,
+               from_dict(GRPOConfig, {**settings, "strategy": "fsdp"}), f"{out}/killed", reward_fns={"e": e_share})
+except Killed:
+    pass
+dist.destroy_process_group()
 """
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tiny_ckpt, tmp_path):
-    # DAPO's token-level loss and filtering make uneven, token-weighted shares across the ranks.
-    settings = {**TINY, "max_steps": 3, "prompts_per_step": 5, "loss_type": "dapo",
-                "dynamic_sampling": "skip", "micro_batch_size": 3}
+def test_two_processes_ddp_and_fsdp_match_one_and_resume_on_one(tiny_ckpt, tmp_path):
+    """DDP and FSDP (policy and reference model sharded) on 2 processes end where 1 process does;
+    an FSDP run killed on 2 processes resumes on 1 (FSDP over one rank, or DDP) and ends there too."""
+    # DAPO's token-level loss and filtering make uneven, token-weighted shares across the ranks (idle
+    # micro-batches); beta > 0 brings in the reference model.
+    settings = {**TINY, "max_steps": 3, "prompts_per_step": 5, "loss_type": "dapo", "dynamic_sampling": "skip",
+                "micro_batch_size": 3, "beta": 0.05, "checkpoint_every": 2}
     script = tmp_path / "run.py"
     script.write_text(DIST_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           "2", str(script), str(tiny_ckpt), str(tmp_path / "two"), json.dumps(settings)],
+                           "2", str(script), str(tiny_ckpt), str(tmp_path), json.dumps(settings)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    tok = Tokenizer(tiny_ckpt)
     model = load_model(tiny_ckpt)
-    train_grpo(model, None, Tokenizer(tiny_ckpt), ROWS, cfg_(**settings), tmp_path / "one",
-               reward_fns={"e": e_share})
-    two = load_file(str(tmp_path / "two" / "final.safetensors"))
+    train_grpo(model, load_model(tiny_ckpt), tok, ROWS, cfg_(**settings), tmp_path / "one", reward_fns={"e": e_share})
     start = load_model(tiny_ckpt)
-    moved = 0.0
-    for (name, p), p0 in zip(model.named_parameters(), start.parameters()):
-        torch.testing.assert_close(two[name], p.detach(), atol=2e-5, rtol=1e-4, msg=name)
-        moved = max(moved, (p - p0).abs().max().item())
+    moved = max((p - p0).abs().max().item() for p, p0 in zip(model.parameters(), start.parameters()))
     assert moved > 1e-3  # training did change the weights
-    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    two_rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["reward_mean"] for r in one] == pytest.approx([r["reward_mean"] for r in two_rows])
-    assert [r["groups"] for r in one] == [r["groups"] for r in two_rows]
+
+    def assert_matches_one(params: dict[str, torch.Tensor], what: str) -> None:
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(params[name], p.detach(), atol=2e-5, rtol=1e-4, msg=f"{what}: {name}")
+
+    one = read_jsonl(tmp_path / "one" / "metrics.jsonl")
+    for name in ("ddp", "fsdp"):
+        assert_matches_one(load_file(str(tmp_path / f"{name}.safetensors")), name)
+        rows = read_jsonl(tmp_path / name / "metrics.jsonl")
+        assert [r["reward_mean"] for r in one] == pytest.approx([r["reward_mean"] for r in rows])
+        assert [r["groups"] for r in one] == [r["groups"] for r in rows]
+        assert [r["kl"] for r in one] == pytest.approx([r["kl"] for r in rows], rel=1e-4) and one[-1]["kl"] > 0
+
+    assert read_json(tmp_path / "killed" / "step_00000002" / "state.json")["world_size"] == 2
+    for strategy in ("fsdp", "ddp"):
+        shutil.copytree(tmp_path / "killed", tmp_path / f"resumed_{strategy}")
+        resumed = load_model(tiny_ckpt)
+        out = train_grpo(resumed, load_model(tiny_ckpt), tok, ROWS, cfg_(**settings, strategy=strategy),
+                         tmp_path / f"resumed_{strategy}", reward_fns={"e": e_share})
+        assert out["resumed_from"] == 2 and out["steps"] == 3
+        assert_matches_one({k: v.detach() for k, v in resumed.named_parameters()}, f"resumed under {strategy}")
 
 
 # --- non-finite rewards, losses and gradients (issue 14) ---------------------------------------------
@@ -426,7 +467,7 @@ def test_a_nan_reward_stops_the_step_before_any_weight_changes(tiny_ckpt, tmp_pa
     model = load_model(tiny_ckpt)
     gen, stream, opt = Generator(model, tok), PromptStream(ROWS, cfg.seed), make_optimizer(model, cfg)
     with pytest.raises(NonFiniteError, match=r"step 1: reward function 'bad' returned inf for 16 of 16"):
-        grpo_step(model, None, gen, stream, opt, 0, cfg, {"bad": lambda text, gold: float("inf")})
+        grpo_step(place(model), None, gen, stream, opt, 0, cfg, {"bad": lambda text, gold: float("inf")})
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
@@ -438,4 +479,4 @@ def test_a_nan_weight_stops_grpo_at_the_loss(tiny_ckpt):
     with torch.no_grad():
         model.norm.weight[0] = float("nan")  # the generation's logits too: rewards stay finite (e_share)
     with pytest.raises(NonFiniteError, match=r"step 1: the loss is nan and the gradient norm is nan"):
-        grpo_step(model, None, gen, stream, opt, 0, cfg, {"e": e_share})
+        grpo_step(place(model), None, gen, stream, opt, 0, cfg, {"e": e_share})

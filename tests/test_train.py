@@ -6,9 +6,11 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from reasoning.checkpoint import latest_checkpoint
+from reasoning.checkpoint import Dist, latest_checkpoint, load_checkpoint
+from reasoning.files import read_json, read_jsonl
 from reasoning.model import ModelConfig, Qwen3
-from reasoning.train import TrainConfig, collate, epoch_batches, filter_examples, lr_at, train, validation_loss
-from reasoning.weights import load_model
+from reasoning.train import TrainConfig, adamw, collate, epoch_batches, filter_examples, lr_at, train, validation_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ModelConfig(64, 32, 2, 4, 2, 8, 64, rope_theta=10_000.0, max_position_embeddings=128)
@@ -167,8 +169,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert out["resumed_from"] == 4 and out["steps"] == full["steps"] == 12
     assert_close(weights(straight), weights(resumed))  # bit-identical
     assert out["val_loss"] == full["val_loss"] and out["tokens_seen"] == full["tokens_seen"]
-    # the final checkpoint is an HF-format model, and a finished run is not redone
-    assert_close(weights(load_model(latest_checkpoint(tmp_path / "resumed") / "model")), weights(straight))
+    # the final checkpoint holds the trained weights and optimizer state, and a finished run is not redone
+    fresh = make_model(seed=7)
+    opt = adamw(fresh, cfg)
+    load_checkpoint(latest_checkpoint(tmp_path / "resumed"), fresh, opt, Dist(torch.device("cpu")))
+    assert_close(weights(fresh), weights(straight))
+    assert all(s["step"].item() == 12 for s in opt.state.values()) and len(opt.state) == len(list(fresh.parameters()))
     again = train(make_model(seed=5), data, cfg, tmp_path / "resumed", val)
     assert again["resumed_from"] == 12
     with pytest.raises(ValueError, match="different lr, weight_decay;"):
@@ -181,41 +187,101 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         train(wider, data, cfg, tmp_path / "resumed")
 
 
-DDP_SCRIPT = """
+DIST_SCRIPT = """
 import json, os, sys
 sys.path.insert(0, {root!r})
+import torch.distributed as dist
 from safetensors.torch import save_file
-from tests.test_train import CFG, make_examples, make_model, weights
+import reasoning.train as core
+from tests.test_train import DIST_CFG, make_examples, make_model, weights
 from reasoning.train import TrainConfig, train
-cfg = TrainConfig(**{{**CFG.__dict__, "max_steps": 4, "micro_batch_size": 2}})
-model = make_model()
-out = train(model, make_examples(32, masked_prefix=True), cfg, sys.argv[1], make_examples(8, seed=3))
-if os.environ["RANK"] == "0":
-    save_file(weights(model), sys.argv[2] + ".safetensors")
-    open(sys.argv[2] + ".json", "w").write(json.dumps(out))
+dist.init_process_group("gloo")  # one group for the three runs (train() leaves a group it did not open)
+data, val, out = make_examples(32, masked_prefix=True), make_examples(5, seed=3), sys.argv[1]
+for name, extra in {{"ddp": {{}}, "fsdp": {{"strategy": "fsdp", "gradient_checkpointing": True}}}}.items():
+    model = make_model()
+    result = train(model, data, TrainConfig(**{{**DIST_CFG.__dict__, **extra}}), f"{{out}}/{{name}}", val)
+    if os.environ["RANK"] == "0":
+        save_file(weights(model), f"{{out}}/{{name}}.safetensors")
+        open(f"{{out}}/{{name}}.json", "w").write(json.dumps(result))
+
+class Killed(Exception):
+    pass
+
+def lr_until_step_3(step, *args):  # every rank dies in step 3, after step 2's checkpoint
+    if step == 2:
+        raise Killed
+    return real_lr(step, *args)
+
+real_lr, core.lr_at = core.lr_at, lr_until_step_3
+try:
+    train(make_model(), data, TrainConfig(**{{**DIST_CFG.__dict__, "strategy": "fsdp"}}), f"{{out}}/killed", val)
+except Killed:
+    pass
+dist.destroy_process_group()
 """
+# 5 validation examples: the ranks get 2 and 1 micro-batches, so the idle one is exercised.
+DIST_CFG = TrainConfig(**{**CFG.__dict__, "max_steps": 4, "micro_batch_size": 2, "checkpoint_every": 2})
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path):
-    script = tmp_path / "ddp_run.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(root=str(ROOT))))
+def test_two_processes_ddp_and_fsdp_match_one_and_resume_on_one(tmp_path):
+    """DDP and FSDP on 2 processes end where 1 process does; an FSDP run killed on 2 processes
+    resumes on 1 (FSDP over one rank, or DDP) and ends there too."""
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(DIST_SCRIPT.format(root=str(ROOT))))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(tmp_path / "ckpt"), str(tmp_path / "ddp")],
-        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
-    )
+         str(script), str(tmp_path)], capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    ddp = {"state": load_file(str(tmp_path / "ddp.safetensors")),
-           **json.loads((tmp_path / "ddp.json").read_text())}
+    data, val = make_examples(32, masked_prefix=True), make_examples(5, seed=3)
     single = make_model()
-    out = train(single, make_examples(32, masked_prefix=True),
-                TrainConfig(**{**CFG.__dict__, "max_steps": 4}), tmp_path / "single", make_examples(8, seed=3))
-    assert_close(ddp["state"], weights(single), atol=1e-5)
-    assert ddp["val_loss"] == pytest.approx(out["val_loss"], rel=1e-5)
-    assert not math.isclose(out["val_loss"], validation_loss(make_model(), make_examples(8, seed=3), 4,
-                                                             torch.device("cpu")), rel_tol=1e-3)
+    out = train(single, data, DIST_CFG, tmp_path / "single", val)
+    for name in ("ddp", "fsdp"):
+        assert_close(load_file(str(tmp_path / f"{name}.safetensors")), weights(single), atol=1e-5)
+        assert json.loads((tmp_path / f"{name}.json").read_text())["val_loss"] == pytest.approx(out["val_loss"],
+                                                                                               rel=1e-5)
+    assert not math.isclose(out["val_loss"], validation_loss(make_model(), val, 4, torch.device("cpu")),
+                            rel_tol=1e-3)
+
+    killed = latest_checkpoint(tmp_path / "killed")
+    assert killed.name == "step_00000002" and read_json(killed / "state.json")["world_size"] == 2
+    assert len(list((killed / "state").glob("*.safetensors"))) == 2  # one file of slices per rank
+    for strategy in ("fsdp", "ddp"):
+        shutil.copytree(tmp_path / "killed", tmp_path / f"resumed_{strategy}")
+        resumed = make_model(seed=99)
+        again = train(resumed, data, replace(DIST_CFG, strategy=strategy), tmp_path / f"resumed_{strategy}", val)
+        assert again["resumed_from"] == 2 and again["val_loss"] == pytest.approx(out["val_loss"], rel=1e-5)
+        assert_close(weights(resumed), weights(single), atol=1e-5)
+        assert [r["step"] for r in read_jsonl(tmp_path / f"resumed_{strategy}" / "metrics.jsonl")
+                if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_fsdp_on_one_process_trains_as_ddp_does(tmp_path):
+    """FSDP over a one-process group (with CPU offload: what fits a big model on one GPU) makes
+    the same updates as plain training, and a run resumes under either strategy."""
+    data, val = make_examples(32, masked_prefix=True), make_examples(5, seed=3)
+    plain, sharded = make_model(), make_model()
+    a = train(plain, data, DIST_CFG, tmp_path / "plain", val)
+    b = train(sharded, data, replace(DIST_CFG, strategy="fsdp", cpu_offload=True), tmp_path / "sharded", val)
+    assert_close(weights(sharded), weights(plain)) and a["val_loss"] == b["val_loss"]
+    assert type(sharded) is Qwen3 and sharded.training is False  # the caller's model, not a sharded twin
+    # a run killed in step 3 resumes from step 2's checkpoint under the other strategy
+    def die_in_step_3(step: int, metrics: dict) -> None:
+        if step == 3 and "loss" in metrics:
+            raise Killed
+
+    for first, then in (("ddp", "fsdp"), ("fsdp", "ddp")):
+        run = tmp_path / f"{first}_then_{then}"
+        with pytest.raises(Killed):
+            train(make_model(), data, replace(DIST_CFG, strategy=first), run, val, log=die_in_step_3)
+        resumed = make_model(seed=99)
+        assert train(resumed, data, replace(DIST_CFG, strategy=then), run, val)["resumed_from"] == 2
+        assert_close(weights(resumed), weights(plain))
+    with pytest.raises(ValueError, match="cpu_offload needs strategy: fsdp"):
+        TrainConfig(cpu_offload=True)
+    with pytest.raises(ValueError, match=r"strategy 'zero3' is unknown; use one of \['ddp', 'fsdp'\]"):
+        TrainConfig(strategy="zero3")
 
 
 @pytest.mark.parametrize("loop", ["train", "grpo"])
