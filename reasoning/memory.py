@@ -21,9 +21,9 @@ Training state (per GPU):
   (its `step`). 16 bytes per parameter: the total of ZeRO's mixed-precision Adam (Rajbhandari et al.
   2020, "ZeRO", arXiv:1910.02054, sec. 3.1: 2 + 2 + 12), arranged without bf16 copies of weights and
   gradients between steps.
-- ddp: all of it on every GPU. SFT under DDP (N > 1) adds the reducer's gradient buckets, 4P (PyTorch
+- ddp: all of it on every GPU. SFT and GRPO under DDP (N > 1) add the reducer's gradient buckets, 4P (PyTorch
   DDP docs, `gradient_as_bucket_view`: "the saved memory size will be equal to the total gradients
-  size"); GRPO all-reduces the gradients itself (grpo.py), without buckets. bf16 autocast caches a
+  size"); GRPO trains through DDP too (reasoning/parallel.py). bf16 autocast caches a
   bf16 copy of every Linear weight (lm_head included) until its region ends, and the backward keeps
   the copies its saved matmuls hold: 2 bytes per Linear parameter, or with gradient checkpointing
   only lm_head's and the recomputed block's once the forward is over (torch.amp's weight-cast cache).
@@ -60,8 +60,9 @@ are created and freed) for three shapes, both dtypes, both stages and checkpoint
 
 Generation: the KV cache is 2 L x slots x K x positions x D x bytes, positions = the context rounded up
 to 64 (generate.py), bytes the dtype of the weights the engine decodes with (model.setup_caches). GRPO
-under ddp decodes with the training model itself, so its cache is fp32; evaluation loads the weights
-in the compute dtype; fsdp rollouts run on the weights all-gathered in the compute dtype (c P). The
+decodes with full fp32 weights, so its cache is fp32: under ddp the training model itself, under fsdp
+the plain model that reasoning/parallel.py gathers the trained shards into after each update (4P held
+beside the shards); evaluation loads the weights in the compute dtype. The
 cache is a buffer of the model: it stays allocated through the update. Prefill transient: the prompts
 admitted together ((slots / n) prompts of up to T - max_new_tokens tokens) through one block's MLP,
 (3c I + 12h) per token; decode transient: 12V per slot.
@@ -292,15 +293,17 @@ def estimate(cfg: ModelConfig, setup: Setup, checkpointing: bool | None = None) 
     parts = dict(state)
     if fsdp:
         parts["gathered"] = 2 * c * (root + 2 * block)
-    if setup.stage == "sft" and not fsdp and N > 1:
+    if setup.stage in ("sft", "grpo") and not fsdp and N > 1:  # both train through DDP (reasoning/parallel.py)
         parts["ddp_buckets"] = 4 * P
     activations, copies = activation_bytes(cfg, setup, ckpt)
     if copies:
         parts["autocast_copies"] = copies
     parts["activations"] = activations
     if setup.stage == "grpo":
-        # ddp decodes with the fp32 training weights themselves, fsdp with the gathered bf16 ones
-        parts["kv_cache"] = kv_cache_bytes(cfg, setup.rollout_batch, setup.max_len, c if fsdp else 4)
+        # the engine decodes with full fp32 weights: ddp's training model, fsdp's gathered plain copy
+        parts["kv_cache"] = kv_cache_bytes(cfg, setup.rollout_batch, setup.max_len, 4)
+        if fsdp:
+            parts["rollout_weights"] = 4 * P
         if setup.beta > 0:
             if not fsdp:
                 parts["reference"] = 4 * P
@@ -308,7 +311,8 @@ def estimate(cfg: ModelConfig, setup: Setup, checkpointing: bool | None = None) 
                 parts["reference"], host = c * (root + 2 * block), host + 4 * shard
             else:
                 parts["reference"] = 4 * shard + c * (root + 2 * block)
-    held = sum(state.values()) + sum(parts.get(k, 0) for k in ("ddp_buckets", "kv_cache", "reference"))
+    held = sum(state.values()) + sum(parts.get(k, 0) for k in ("ddp_buckets", "kv_cache", "reference",
+                                                                 "rollout_weights"))
     matrices = L * sum(math.prod(s) for s in block_shapes(cfg) if len(s) == 2) \
         + sum(math.prod(s) for s in root_shapes(cfg) if len(s) == 2)
     # foreach AdamW's one temporary (sqrt of exp_avg_sq) over its largest group, the matrices
@@ -317,7 +321,7 @@ def estimate(cfg: ModelConfig, setup: Setup, checkpointing: bool | None = None) 
               + parts["activations"],
               "optimizer step": held + foreach}
     if setup.stage == "grpo":  # no gradients while sampling (zero_grad(set_to_none=True))
-        engine = c * P if fsdp else 2 * linear_params(cfg) * (c < 4)  # autocast's cache while decoding
+        engine = 2 * linear_params(cfg) * (c < 4)  # autocast's cache while decoding
         phases["rollouts"] = held - state["gradients"] + engine + generation_transient_bytes(cfg, setup, c)
     return Estimate(parts, phases, host)
 
@@ -393,7 +397,7 @@ def size_text(n: int) -> str:
 
 PART_NAMES = {
     "weights": "weights", "gradients": "gradients", "optimizer": "optimizer state (AdamW)",
-    "gathered": "all-gathered units (FSDP)", "autocast_copies": "autocast bf16 weight copies",
+    "gathered": "all-gathered units (FSDP)", "rollout_weights": "full fp32 weights the engine decodes with (FSDP)", "autocast_copies": "autocast bf16 weight copies",
     "ddp_buckets": "DDP gradient buckets", "activations": "activations", "kv_cache": "KV cache",
     "reference": "reference model", "generation": "generation transient",
 }

@@ -183,7 +183,7 @@ def test_what_each_choice_changes():
     assert sum(ddp.parts[k] for k in states) == 16 * cfg.n_params + 4 * memory.n_tensors(cfg)
     assert cfg.n_params * 16 / 8 <= sum(fsdp.parts[k] for k in states) < cfg.n_params * 16 / 8 * 1.001
     assert estimate(cfg, Setup(gpus=8)).parts["ddp_buckets"] == 4 * cfg.n_params
-    assert "ddp_buckets" not in estimate(cfg, Setup(stage="grpo", gpus=8)).parts  # grpo all-reduces itself
+    assert estimate(cfg, Setup(stage="grpo", gpus=8)).parts["ddp_buckets"] == 4 * cfg.n_params  # grpo: DDP too
     offload = estimate(cfg, Setup(strategy="fsdp", gpus=8, cpu_offload=True))
     assert offload.host == sum(fsdp.parts[k] for k in states) and offload.parts["weights"] == 0
     assert offload.peak < fsdp.peak
@@ -192,8 +192,9 @@ def test_what_each_choice_changes():
     grpo = estimate(cfg, Setup(stage="grpo"))
     with_ref = estimate(cfg, Setup(stage="grpo", beta=0.04))
     assert with_ref.parts["reference"] == 4 * cfg.n_params and with_ref.peak > grpo.peak
-    # the cache is fp32 under ddp (the training weights), the compute dtype when fsdp gathers bf16 weights
-    assert grpo.parts["kv_cache"] == 2 * estimate(cfg, Setup(stage="grpo", strategy="fsdp")).parts["kv_cache"]
+    # the engine decodes with full fp32 weights under both: ddp's training model, fsdp's gathered copy (4P)
+    grpo_fsdp = estimate(cfg, Setup(stage="grpo", strategy="fsdp", gpus=8))
+    assert grpo.parts["kv_cache"] == grpo_fsdp.parts["kv_cache"] and grpo_fsdp.parts["rollout_weights"] == 4 * cfg.n_params
 
 
 def test_models_are_read_from_presets_checkpoints_config_files_and_hub_names(tiny_ckpt):
