@@ -6,6 +6,7 @@ process group, as a terminal's Ctrl-C sends them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,7 +38,22 @@ def world(tmp_path_factory):
     (toy.repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     built = toy.dvc("repro", "load_base")
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-    return toy
+    yield toy
+    # A SIGKILLed stage cannot stop the temporary Prefect server it started in a session of its own
+    # (flows.lifecycle): end whatever of this world outlived its test, so no server outlives the suite.
+    for pid in world_processes(toy.env["PREFECT_HOME"]):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def world_processes(prefect_home: str) -> list[int]:
+    """Live processes started with PREFECT_HOME=`prefect_home` (the tiny world's runs and their servers)."""
+    found = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if f"PREFECT_HOME={prefect_home}".encode() in env.read_bytes().split(b"\0"):
+                found.append(int(env.parent.name))
+    return [p for p in found if p != os.getpid()]
 
 
 def journal_lines(repo: Path) -> list[dict]:
