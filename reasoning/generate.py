@@ -334,7 +334,7 @@ class Generator:
                 kv_len = max(r.length for r in rows.values())
                 logits = self._decode(tok[:width], pos[:width], kv_len)
             if queue and free:
-                logits = self._admit(ids, queue, free, rows, logits, cfg, seeds)
+                logits = self._admit(ids, queue, free, rows, logits, pos, seeds)
                 width = max(rows) + 1
             live = sorted(rows)
             live_t = torch.tensor(live, device=device)
@@ -342,7 +342,7 @@ class Generator:
             new = sample_rows(live_logits, cfg, [rows[s].gen for s in live])
             lp = torch.log_softmax(live_logits, -1).gather(-1, new[:, None])[:, 0]
             tok[live_t, 0] = new
-            pos[live_t, 0] = torch.tensor([rows[s].length for s in live], device=device)
+            pos[live_t, 0] += 1  # each sampled token goes one position after the last: its row's length
             for s, t, logp in zip(live, new.tolist(), lp.tolist()):
                 r = rows[s]
                 c = r.completion
@@ -366,10 +366,11 @@ class Generator:
         return done
 
     def _admit(self, ids: list[list[int]], queue: deque[tuple[int, int]], free: list[int],
-               rows: dict[int, _Row], logits: Tensor, cfg: SamplingConfig, seeds: list[int]) -> Tensor:
+               rows: dict[int, _Row], logits: Tensor, pos: Tensor, seeds: list[int]) -> Tensor:
         """Take waiting (prompt, sample)s into the free slots: each prompt is prefilled once, into its
         first slot (prompts right-padded together), and its other samples' slots get a copy of that
-        prefix. Returns `logits` with the new slots' rows set to their prompts' next-token logits."""
+        prefix. Returns `logits` with the new slots' rows set to their prompts' next-token logits;
+        sets each new slot's `pos` to its prompt's last position (the first sampled token goes after it)."""
         model, device = self.model, self.model.device
         groups: dict[int, list[int]] = {}  # prompt -> its newly taken slots
         while queue and free:
@@ -377,6 +378,7 @@ class Generator:
             s = free.pop(0)
             groups.setdefault(i, []).append(s)
             rows[s] = _Row(i, j, len(ids[i]), torch.Generator().manual_seed(sample_seed(seeds[i], j)))
+            pos[s, 0] = len(ids[i]) - 1
         prompts = list(groups)
         L = max(len(ids[i]) for i in prompts)
         idx = torch.full((len(prompts), L), self.tokenizer.pad_id, dtype=torch.long)
