@@ -20,7 +20,9 @@ Design choices:
   (and the reference model) are placed per `strategy` (reasoning.parallel: DDP, or FSDP2 shards);
   filtering leaves the ranks uneven shares, so each pads its micro-batches with idle ones to the
   busiest rank's count, as both strategies' collectives require. The engine generates with the
-  caller's plain model, which holds the full weights (under fsdp gathered after each update).
+  caller's plain model, which holds the full weights (under fsdp gathered after each update, in the
+  compute dtype: with bf16 the rollout copy and its KV cache take 2 bytes per value, not 4, and the
+  fp32 masters are gathered back into it once training ends).
 - Dynamic sampling "resample" (DAPO) draws exactly the missing number of prompts each round,
   so a batch never overshoots and the data consumed does not depend on the world size.
 - Learning-rate schedule and optimizer are train.py's; checkpoints and the process group
@@ -678,6 +680,11 @@ def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, row
     policy = place(model, cfg.strategy, comm, device, dtype, cfg.cpu_offload)
     ref = (place(ref_model, cfg.strategy, comm, device, dtype, cfg.cpu_offload,
                  frozen=True) if cfg.beta else None)
+    rollout_dtype = dtype if policy.sharded else torch.float32
+    if rollout_dtype != torch.float32:
+        # fsdp: the fp32 masters are the shards; the plain model only generates and evaluates, so it holds the
+        # weights in the compute dtype the forward uses (FSDP's param_dtype): half the bytes, and a bf16 cache.
+        model.to(rollout_dtype)
     optimizer = make_optimizer(policy.trained, cfg)
     torch.manual_seed(cfg.seed + comm.rank)
     random.seed(cfg.seed + comm.rank)
@@ -720,6 +727,11 @@ def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, row
             emit(state["step"], metrics)
             if end or (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0):
                 save_checkpoint(out_dir, policy.net, optimizer, state, key, comm)
+    if rollout_dtype != torch.float32:  # hand back the fp32 masters, as ddp does: free the cache, then gather
+        for cache_holder in (layer.self_attn for layer in model.layers):
+            cache_holder.kv_cache = None
+        model.to(torch.float32)
+        policy.gather()
     model.eval()
     return {"steps": state["step"], "resumed_from": resumed_from,
             "reward_mean": state["rewards"][-1] if state["rewards"] else None,

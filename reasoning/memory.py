@@ -60,9 +60,11 @@ are created and freed) for three shapes, both dtypes, both stages and checkpoint
 
 Generation: the KV cache is 2 L x slots x K x positions x D x bytes, positions = the context rounded up
 to 64 (generate.py), bytes the dtype of the weights the engine decodes with (model.setup_caches). GRPO
-decodes with full fp32 weights, so its cache is fp32: under ddp the training model itself, under fsdp
-the plain model that reasoning/parallel.py gathers the trained shards into after each update (4P held
-beside the shards); evaluation loads the weights in the compute dtype. The
+under ddp decodes with the training model itself, fp32, so its cache is fp32 (and bf16 autocast caches
+bf16 copies of the Linear weights while decoding, 2 bytes per Linear parameter); under fsdp with the
+plain model that reasoning/parallel.py gathers the trained shards into after each update, held in the
+compute dtype (cP beside the shards, and a cache of c bytes per value); evaluation loads the weights in
+the compute dtype. The
 cache is a buffer of the model: it stays allocated through the update. Prefill transient: the prompts
 admitted together ((slots / n) prompts of up to T - max_new_tokens tokens) through one block's MLP,
 (3c I + 12h) per token; decode transient: 12V per slot.
@@ -300,10 +302,10 @@ def estimate(cfg: ModelConfig, setup: Setup, checkpointing: bool | None = None) 
         parts["autocast_copies"] = copies
     parts["activations"] = activations
     if setup.stage == "grpo":
-        # the engine decodes with full fp32 weights: ddp's training model, fsdp's gathered plain copy
-        parts["kv_cache"] = kv_cache_bytes(cfg, setup.rollout_batch, setup.max_len, 4)
+        # the engine decodes with ddp's fp32 training model, or fsdp's gathered plain copy in the compute dtype
+        parts["kv_cache"] = kv_cache_bytes(cfg, setup.rollout_batch, setup.max_len, c if fsdp else 4)
         if fsdp:
-            parts["rollout_weights"] = 4 * P
+            parts["rollout_weights"] = c * P
         if setup.beta > 0:
             if not fsdp:
                 parts["reference"] = 4 * P
@@ -321,7 +323,7 @@ def estimate(cfg: ModelConfig, setup: Setup, checkpointing: bool | None = None) 
               + parts["activations"],
               "optimizer step": held + foreach}
     if setup.stage == "grpo":  # no gradients while sampling (zero_grad(set_to_none=True))
-        engine = 2 * linear_params(cfg) * (c < 4)  # autocast's cache while decoding
+        engine = 2 * linear_params(cfg) * (c < 4 and not fsdp)  # autocast's cache while decoding fp32 weights
         phases["rollouts"] = held - state["gradients"] + engine + generation_transient_bytes(cfg, setup, c)
     return Estimate(parts, phases, host)
 
@@ -397,7 +399,7 @@ def size_text(n: int) -> str:
 
 PART_NAMES = {
     "weights": "weights", "gradients": "gradients", "optimizer": "optimizer state (AdamW)",
-    "gathered": "all-gathered units (FSDP)", "rollout_weights": "full fp32 weights the engine decodes with (FSDP)", "autocast_copies": "autocast bf16 weight copies",
+    "gathered": "all-gathered units (FSDP)", "rollout_weights": "full weights the engine decodes with (FSDP, compute dtype)", "autocast_copies": "autocast bf16 weight copies",
     "ddp_buckets": "DDP gradient buckets", "activations": "activations", "kv_cache": "KV cache",
     "reference": "reference model", "generation": "generation transient",
 }

@@ -19,9 +19,10 @@ Design choices:
   Not `unshard()` of the twin around generation: its forward hooks reshard after each block, so
   every decode step would be a collective that all ranks must join in step, though ranks decode
   different numbers of tokens, and the compiled decode step would trace FSDP's hooks. The price
-  is the full model's fp32 weights (4 bytes per parameter) on each GPU besides the shards under
-  GRPO, which its engine needs to generate in any case; SFT leaves its full model where the
-  caller put it (the stages load it on the CPU) until the end.
+  is the full model's weights on each GPU besides the shards under GRPO, which its engine needs to
+  generate in any case (GRPO keeps that copy in the compute dtype: 2 bytes per parameter in bf16,
+  `gather` casts); SFT leaves its full model where the caller put it (the stages load it on the
+  CPU) until the end.
 - Mixed precision under fsdp: with dtype bfloat16, FSDP2 all-gathers and computes with bf16
   copies of the fp32 master shards and reduce-scatters gradients in fp32
   (MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)); with float32 (the CPU default)
@@ -94,7 +95,8 @@ class Placed:
 
     @torch.no_grad()
     def gather(self) -> None:
-        """Copy the twin's trained weights into the full model (every rank; no-op under ddp)."""
+        """Copy the twin's trained weights into the full model, cast to its dtype (every rank; no-op
+        under ddp)."""
         if not self.sharded:
             return
         full = dict(self.model.named_parameters())

@@ -449,6 +449,29 @@ def test_two_processes_ddp_and_fsdp_match_one_and_resume_on_one(tiny_ckpt, tmp_p
         assert_matches_one({k: v.detach() for k, v in resumed.named_parameters()}, f"resumed under {strategy}")
 
 
+
+def test_fsdp_in_bf16_rolls_out_from_a_bf16_copy_and_hands_back_fp32_masters(tiny_ckpt, tmp_path):
+    """Under fsdp the shards hold the fp32 masters, so the plain model the engine decodes with is kept in
+    the compute dtype (half the bytes, a bf16 KV cache: what lets GRPO on Qwen3-8B fit 8 x 80 GiB); when
+    training ends it holds the fp32 masters again, not their bf16 roundings."""
+    model, start = load_model(tiny_ckpt), load_model(tiny_ckpt)
+    seen = []
+
+    def reward(text: str, gold: str) -> float:  # called while the rollouts' model and cache are alive
+        seen.append((model.embed_tokens.weight.dtype, model.kv_caches()[0].k_store.dtype))
+        return e_share(text, gold)
+
+    out = train_grpo(model, None, Tokenizer(tiny_ckpt), ROWS, cfg_(**{**TINY, "max_steps": 2}, strategy="fsdp",
+                                                                    dtype="bfloat16"),
+                     tmp_path / "run", reward_fns={"e": reward})
+    assert out["steps"] == 2 and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+    params = dict(model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values())
+    moved = max((params[n] - p0).abs().max().item() for n, p0 in start.named_parameters())
+    assert moved > 1e-4
+    assert any((p.to(torch.bfloat16).float() != p).any() for p in params.values())  # not bf16-rounded
+
+
 # --- non-finite rewards, losses and gradients (issue 14) ---------------------------------------------
 
 def test_a_nan_reward_stops_the_step_before_any_weight_changes(tiny_ckpt, tmp_path):

@@ -192,9 +192,11 @@ def test_what_each_choice_changes():
     grpo = estimate(cfg, Setup(stage="grpo"))
     with_ref = estimate(cfg, Setup(stage="grpo", beta=0.04))
     assert with_ref.parts["reference"] == 4 * cfg.n_params and with_ref.peak > grpo.peak
-    # the engine decodes with full fp32 weights under both: ddp's training model, fsdp's gathered copy (4P)
+    # ddp decodes with its fp32 training model; fsdp with its gathered copy in the compute dtype (2P in bf16)
     grpo_fsdp = estimate(cfg, Setup(stage="grpo", strategy="fsdp", gpus=8))
-    assert grpo.parts["kv_cache"] == grpo_fsdp.parts["kv_cache"] and grpo_fsdp.parts["rollout_weights"] == 4 * cfg.n_params
+    assert grpo.parts["kv_cache"] == 2 * grpo_fsdp.parts["kv_cache"] and grpo_fsdp.parts["rollout_weights"] == 2 * cfg.n_params
+    fp32_fsdp = estimate(cfg, Setup(stage="grpo", strategy="fsdp", gpus=8, dtype="fp32"))
+    assert fp32_fsdp.parts["rollout_weights"] == 4 * cfg.n_params and fp32_fsdp.parts["kv_cache"] == grpo.parts["kv_cache"]
 
 
 def test_models_are_read_from_presets_checkpoints_config_files_and_hub_names(tiny_ckpt):
