@@ -9,6 +9,9 @@ fields, e.g. a batch-size sweep at about the same compute:
     python -m bench.toy --train '{"batch_size": 64, "micro_batch_size": 64, "max_steps": 1200}'
     python -m bench.toy --train '{"batch_size": 16, "micro_batch_size": 16, "max_steps": 3500}'
     python -m bench.toy --model '{"direct_frac": 0.4, "plain_frac": 0.2}' --levels 1,2,3
+    python -m bench.toy --model '{"shuffled_frac": 0.0}'   # every worked solution left to right
+
+The findings of the whole pipeline over several training seeds are `python -m bench.seeds`.
 
 Results depend on the thread count (the numerics differ): compare runs made with the same
 --threads, on a quiet machine. The last line printed is one JSON object with every figure.

@@ -170,10 +170,14 @@ def check_value(value: Any, hint: Any, where: str) -> Any:
     return value  # a type these rules do not cover: the dataclass checks it
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "", base: T | None = None) -> T:
     """Build dataclass `cls` from a mapping: unknown keys raise, every value is checked against its
     field's type (module docstring), nested dataclasses recurse. `where` (default: the class name)
-    starts every error message, e.g. `params.yaml:evaluate`."""
+    starts every error message, e.g. `params.yaml:evaluate`.
+
+    Keys not given keep their defaults, at every depth: a nested mapping overrides only the keys it
+    names of the field's default instance (or of `base`'s), so `toy: {train: {seed: 1}}` changes the
+    seed and keeps ToyBaseConfig's own training settings rather than TrainConfig's class defaults."""
     where = where or cls.__name__
     if data is None:
         data = {}
@@ -184,11 +188,26 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    values = {name: check_value(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    values = {}
+    for name, value in data.items():
+        default = getattr(base, name) if base is not None else _default(fields[name])
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(default) and isinstance(default, hints[name]):
+            values[name] = from_dict(type(default), value, f"{where}.{name}", default)
+        else:
+            values[name] = check_value(value, hints[name], f"{where}.{name}")
     try:
-        return cls(**values)
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)  # type: ignore[type-var]
     except TypeError as e:  # a required key is missing
         raise ValueError(f"{where}: {e}") from None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (its factory's product), or None when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

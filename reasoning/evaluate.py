@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import stable_hash
-from .files import read_jsonl, write_jsonl
+from .config import from_dict, stable_hash
+from .files import read_json, read_jsonl, write_jsonl
 from .generate import Generator, SamplingConfig, check_matmul_dtype
 from .grading import GRADER_NAME, GRADER_VERSION
 from .metrics import accuracy_summary
@@ -105,6 +105,14 @@ def evaluate(generator: Generator, problems: Sequence[dict[str, Any]], cfg: Eval
     records = run_resumable(ids, done, chunked(todo, cfg.batch_size, work), records_path, progress, "evaluate",
                             lambda d: {"acc": f"{sum(r['correct'] for r in d.values()) / len(d):.3f}"}, comm)
     return records, metrics_from_records(records)
+
+
+def model_eval_config(path: str | Path, cfg: EvalConfig) -> EvalConfig:
+    """`cfg` with the prompt the checkpoint at `path` was trained for, when its metadata.json names one
+    (the sft and grpo stages record it): each model is measured the way it is meant to be used."""
+    meta = Path(path) / "metadata.json"
+    prompt = read_json(meta).get("prompt") if meta.exists() else None
+    return dataclasses.replace(cfg, prompt=from_dict(PromptConfig, prompt)) if prompt else cfg
 
 
 def evaluation_journal(state_dir: str | Path, model_id: str, data_sha256: str, cfg: EvalConfig) -> Path:

@@ -172,3 +172,13 @@ def _check_paired(a: Sequence[bool], b: Sequence[bool]) -> None:
         raise ValueError(
             f"paired tests need two non-empty outcome lists of equal length, got {len(a)} and {len(b)}"
         )
+
+
+def seed_spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, min and max of one figure over runs that differ only in their training seed, and the
+    number of runs `n`. The spread is what the toy world's figures move by between machines (float
+    results differ between CPUs as seeds do), which the 95% intervals of one run do not cover: those
+    only account for the choice of test problems. Raises ValueError on no values."""
+    if not values:
+        raise ValueError("seed_spread needs the figure of at least one run")
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "n": len(values)}

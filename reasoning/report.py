@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_bytes, atomic_write_text
-from .metrics import compare_records
+from .metrics import compare_records, seed_spread
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
@@ -212,3 +212,46 @@ def compute_chart(points: dict[str, Sequence[dict[str, Any]]], path: str | Path,
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed spread: the same pipeline run with other training seeds
+
+def seed_spread_rows(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per model of the first run: its accuracy (and, but for the baseline, its difference to
+    the baseline) as mean, min and max over `runs` (final_eval metrics.json dicts of one pipeline run
+    with different training seeds; `names` say where each came from, for errors).
+
+    Raises ValueError when a run lacks a model or measured other problems (n) or another grader: their
+    figures would not be comparable."""
+    first = runs[0]
+    for run, name in zip(runs[1:], names[1:]):
+        for key in ("n", "grader_version"):
+            want = {m.get(key, first.get(key)) for m in first["models"].values()}
+            have = {m.get(key, run.get(key)) for m in run["models"].values()}
+            if have != want:
+                raise ValueError(f"{name}: {key} {sorted(map(str, have))} differs from this run's "
+                                 f"{sorted(map(str, want))}; a seed spread needs runs of one pipeline on the "
+                                 "same test problems, graded alike")
+        missing = sorted(set(first["models"]) - set(run["models"]))
+        if missing:
+            raise ValueError(f"{name} has no model(s) {missing}: a seed spread needs every model in every run")
+    rows = []
+    for model, m in first["models"].items():
+        row = {"model": model, "accuracy": seed_spread([r["models"][model]["accuracy"] for r in runs])}
+        if "diff_vs_baseline" in m:
+            row["diff_vs_baseline"] = seed_spread([r["models"][model]["diff_vs_baseline"] for r in runs])
+        rows.append(row)
+    return rows
+
+
+def seed_spread_table(rows: Sequence[dict[str, Any]], baseline: str) -> str:
+    """Markdown table of `seed_spread_rows`: mean [min, max] of each model's accuracy and difference."""
+    n = rows[0]["accuracy"]["n"] if rows else 0
+    lines = [f"| model | accuracy, mean [min, max] over {n} runs | Δ vs {baseline}, mean [min, max] |",
+             "|---|---|---|"]
+    for r in rows:
+        a, d = r["accuracy"], r.get("diff_vs_baseline")
+        diff = "—" if d is None else f"{d['mean']:+.3f} [{d['min']:+.3f}, {d['max']:+.3f}]"
+        lines.append(f"| {r['model']} | {a['mean']:.3f} [{a['min']:.3f}, {a['max']:.3f}] | {diff} |")
+    return "\n".join(lines) + "\n"

@@ -43,14 +43,14 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import torch
 
 from .config import from_dict, stable_hash
-from .evaluate import metrics_from_records
-from .generate import Completion, SamplingConfig, check_matmul_dtype
+from .evaluate import EvalConfig, evaluate, evaluation_journal, metrics_from_records, model_eval_config
+from .generate import Completion, SamplingConfig, check_matmul_dtype, load_generator
 from .grading import answers_equivalent, extract_answer
 from .files import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from .metrics import answer_classes, compare_records, mean_pass_at_k
 from .prompts import PromptConfig, chat_template_of, prompt_hash, render
-from .records import (Record, chunked, expected_fields, grade_record, problem_prompts, resume_records, run_resumable,
-                      shard)
+from .records import (Record, chunked, expected_fields, grade_record, journal, problem_prompts, resume_records,
+                      run_resumable, shard)
 from .report import TABLE_FIELDS, plot_frontier, scaling_table, write_csv
 from .seeds import problem_seed
 
@@ -468,6 +468,42 @@ def best_within(points: Sequence[dict[str, Any]], tokens: float) -> float | None
     inside = [p["accuracy"] for p in points if p["tokens_per_problem"] <= tokens]
     return max(inside) if inside else None
 
+
+
+def evaluate_at_budgets(path: str | Path, problems: Sequence[dict[str, Any]], cfg: EvalConfig, state: str | Path,
+                        data_sha: str, compute: ComputeConfig = ComputeConfig(budgets=()),
+                        comm: Dist | None = None) -> tuple[list[Record], dict[str, Any], list[dict[str, Any]]]:
+    """(greedy records, their metrics, compute points) of the checkpoint `path` on `problems`, behind the
+    prompt it was trained for (evaluate.model_eval_config): greedy, then by self-consistency at `compute`'s
+    budgets (compute_points). final_eval's measure of each model.
+
+    Journaled under `state` with the evaluate stage's key (model, data, settings): with the same state
+    directory the baseline's records of the evaluate stage are reused, and a killed run resumes."""
+    cfg = model_eval_config(path, cfg)
+    generator = load_generator(path, cfg)
+    records, metrics = evaluate(generator, problems, cfg, evaluation_journal(state, generator.model_id, data_sha, cfg),
+                                progress=False, comm=comm)
+    method = compute.method(cfg.prompt, cfg.sampling) if compute.budgets else None
+    sampled = run_method(generator, problems, method, journal(state, {
+        "model": generator.model_id, "data": data_sha, "method": method.hash(cfg.seed)}), cfg.seed, cfg.batch_size,
+        progress=False, comm=comm) if method else None
+    return records, metrics, compute_points(metrics, sampled, method)
+
+
+def best_on(out_dir: str | Path, problems: Sequence[dict[str, Any]], eval_limit: int | None
+            ) -> tuple[MethodConfig, list[dict[str, Any]]]:
+    """(best setting, its records) of the inference_scaling outputs in `out_dir` (load_best), checked to
+    hold exactly `problems` (evaluate.limit `eval_limit`) before anything is generated: paired comparisons
+    need the very problems the models are measured on. Raises ValueError naming the settings to align."""
+    method, records = load_best(out_dir)
+    have, want = [r["id"] for r in records], [str(p["id"]) for p in problems]
+    if have != want:
+        detail = "other problems" if len(have) == len(want) else f"{len(have)} problems"
+        raise ValueError(f"{out_dir} holds records of {detail}, while final_eval measures the models on the first "
+                         f"{len(want)} test problems (evaluate.limit: {eval_limit}): set inference_scaling.limit and "
+                         "evaluate.limit to the same value (null: the whole split; for a trial run of the whole "
+                         "pipeline, set pipeline.limit instead) and rerun inference_scaling")
+    return method, records
 
 def _donated(donor: dict[str, dict[str, Any]], pid: str, prompt: str, n: int) -> list[dict[str, Any]]:
     """The first n samples of another method's record for problem `pid` (same prompt and sampling)."""

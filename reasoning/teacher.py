@@ -15,6 +15,7 @@ Design choices:
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,11 +31,15 @@ from .files import read_json, read_jsonl, sha256_file
 from .generate import Generator, SamplingConfig, check_matmul_dtype, load_generator
 from .hub import HubError
 from .prompts import COT_SUFFIX, PromptConfig, chat_template_of, render
+from .toy.task import solution_path
+
+TOY_TEACHER_REVISION = "1"  # bump when toy.task.solution_path writes other traces (journals are keyed by it)
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    kind: str = "engine"  # "engine" (a checkpoint we load), "endpoint" (OpenAI-compatible server) or "file"
+    kind: str = "engine"  # "engine" (a checkpoint we load), "endpoint" (OpenAI-compatible server), "file"
+    # or "toy" (the toy world's reference solutions: ToyTeacher)
     # engine: checkpoint dir or hub id; endpoint: the served model name; file: a JSON/JSONL path or
     # hf:<owner>/<dataset>/<file> with rows {problem, message_thinking, message_content}
     model: str = "data/models/base"
@@ -50,8 +55,8 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         check_matmul_dtype(self.matmul_dtype, "teacher_traces.teacher.matmul_dtype")
-        if self.kind not in ("engine", "endpoint", "file"):
-            raise ValueError(f"teacher kind {self.kind!r} is unknown; use 'engine', 'endpoint' or 'file'")
+        if self.kind not in ("engine", "endpoint", "file", "toy"):
+            raise ValueError(f"teacher kind {self.kind!r} is unknown; use 'engine', 'endpoint', 'file' or 'toy'")
         if self.kind == "endpoint" and self.prompt.template != "chat":
             raise ValueError("an endpoint applies its own chat template: set teacher.prompt.template: chat")
 
@@ -136,6 +141,31 @@ class FileTeacher:
             yield i, self.by_problem.get(normalize_problem(p), [])[:n], 0.0
 
 
+class ToyTeacher:
+    """The toy world's stand-in for the book's far larger teacher (chapter 8 distills the traces of
+    Qwen3-235B-A22B and DeepSeek-R1): the toy task's reference solutions, which are always right.
+    Each sample combines the terms in an order drawn from its problem's seed (`toy.task.solution_path`),
+    as a large model's traces vary, so n > 1 gives distinct traces. Problems are looked up among the
+    training rows given; one not among them gets no samples."""
+
+    chat_template = None  # no prompt is rendered here
+    device = torch.device("cpu")  # nothing but string work
+
+    def __init__(self, rows: Sequence[dict[str, Any]], info: dict[str, str]):
+        self.info = info
+        self.by_problem = {normalize_problem(r["problem"]): r for r in rows}
+
+    def sample(self, problems: Sequence[str], n: int,
+               seeds: Sequence[int]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
+        for i, p in enumerate(problems):
+            row, rng = self.by_problem.get(normalize_problem(p)), random.Random(seeds[i])
+            samples = []
+            for _ in range(n if row else 0):
+                steps, answer = solution_path(row, rng).rsplit("\n", 1)  # type: ignore[arg-type]
+                samples.append({"text": answer, "reasoning": steps, "finish_reason": "stop", "tokens": None})
+            yield i, samples, 0.0
+
+
 def _trace_file(source: str, revision: str) -> Path:
     path = Path(source)
     if path.exists():
@@ -157,8 +187,11 @@ def _trace_file(source: str, revision: str) -> Path:
                        f"hf download {repo} {name} --repo-type dataset{pin} --local-dir {local}", e) from e
 
 
-def load_teacher(cfg: TeacherConfig, sampling: SamplingConfig) -> Teacher:
-    """The engine teacher (model loaded), endpoint teacher (key read) or file teacher that `cfg` names."""
+def load_teacher(cfg: TeacherConfig, sampling: SamplingConfig, train: Sequence[dict[str, Any]] = ()) -> Teacher:
+    """The engine teacher (model loaded), endpoint teacher (key read), file teacher or toy teacher (the
+    reference solutions of the `train` rows) that `cfg` names."""
+    if cfg.kind == "toy":
+        return ToyTeacher(train, {"kind": "toy", "id": "toy:reference-solutions", "revision": TOY_TEACHER_REVISION})
     if cfg.kind == "endpoint":
         info = {"kind": "endpoint", "id": cfg.model, "revision": cfg.revision, "base_url": cfg.endpoint.base_url}
         return EndpointTeacher(ChatClient(cfg.endpoint, cfg.model), cfg.prompt, sampling, info)

@@ -1,7 +1,8 @@
 """Stage `teacher_traces`: verified reasoning traces from a teacher, for distillation (chapter 8).
 
 Samples a teacher (a checkpoint run by the engine, an OpenAI-compatible endpoint whose key is read
-from the environment variable named in the params, or a file of published traces) n times per
+from the environment variable named in the params, a file of published traces, or in the toy world
+the task's reference solutions in varied orders: reasoning.teacher.ToyTeacher) n times per
 training problem, keeps the traces whose final answer the grader verifies, and drops training
 problems that overlap the test split. Writes OUT/traces.jsonl (verified traces, the SFT input),
 OUT/rejected.jsonl (every other sample with its reason) and METRICS (counts by reason,
@@ -37,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = stage_config(TracesConfig, "teacher_traces", args)
     skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
     train, test = read_dataset(args.train, skipped=skipped), read_dataset(args.test, skipped=skipped)
-    teacher = load_teacher(cfg.teacher, cfg.sampling)
+    teacher = load_teacher(cfg.teacher, cfg.sampling, train)
     with data_parallel(teacher.device) as comm:  # torchrun: the problems split over the ranks
         kept, rejected, metrics = generate_traces(teacher, train, test, cfg, args.state,
                                                   progress=not args.no_progress, comm=comm)

@@ -3,6 +3,7 @@ value checked against its dataclass field at load, with errors naming the file a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -153,3 +154,42 @@ def test_lists_become_tuples_and_dataclass_elements_are_built():
         from_dict(ScalingConfig, {"methods": ["a"]}, "params.yaml:inference_scaling")
     with pytest.raises(ValueError, match=r"inference_scaling.methods: expected a list, got the string"):
         from_dict(ScalingConfig, {"methods": "a"}, "params.yaml:inference_scaling")
+
+
+def test_a_nested_override_keeps_the_defaults_it_does_not_name():
+    """`dvc exp run -S load_base.toy.train.seed=1` writes `toy: {train: {seed: 1}}`: only the seed may
+    change. Reproduction: the toy base's training (lr 3e-3, 3,500 steps, ToyBaseConfig's own default)
+    fell back to TrainConfig's class defaults (lr 1e-3, max_steps 0) the moment one key was given."""
+    from reasoning.toy.pretrain import ToyBaseConfig
+    from stages.load_base import LoadBaseConfig
+
+    default = ToyBaseConfig().train
+    cfg = from_dict(LoadBaseConfig, {"toy": {"seed": 1, "train": {"seed": 1}}})
+    assert cfg.toy.train == dataclasses.replace(default, seed=1) and cfg.toy.seed == 1
+    assert cfg.toy.hidden_size == ToyBaseConfig().hidden_size
+    with pytest.raises(ValueError, match=r"LoadBaseConfig\.toy\.train: unknown key\(s\) \['sed'\]"):
+        from_dict(LoadBaseConfig, {"toy": {"train": {"sed": 1}}})
+    with pytest.raises(ValueError, match=r"toy\.train\.max_steps: expected an integer"):
+        from_dict(LoadBaseConfig, {"toy": {"train": {"max_steps": "many"}}})
+
+
+def test_every_seed_of_the_seed_bench_is_a_params_key():
+    """bench.seeds sets each key of SEED_KEYS; a renamed key would fail here, not silently leave a seed fixed."""
+    from bench.seeds import SEED_KEYS, seeded_params
+    from reasoning.distill import SFTConfig, TracesConfig
+    from stages.load_base import LoadBaseConfig
+
+    params = seeded_params(load_params(ROOT / "params.yaml"), 7)
+    cfgs = {"load_base": from_dict(LoadBaseConfig, params["load_base"]),
+            "evaluate": from_dict(EvalConfig, params["evaluate"]),
+            "inference_scaling": from_dict(ScalingConfig, params["inference_scaling"]),
+            "teacher_traces": from_dict(TracesConfig, params["teacher_traces"]),
+            "distill_sft": from_dict(SFTConfig, params["distill_sft"]),
+            "grpo": from_dict(GRPOStageConfig, params["grpo"])}
+    for key in SEED_KEYS:
+        section, *path = key.split(".")
+        value = cfgs[section]
+        for part in path:
+            value = getattr(value, part)
+        assert value == 7, key
+    assert params["prepare_data"]["toy"]["seed"] == load_params(ROOT / "params.yaml")["prepare_data"]["toy"]["seed"]

@@ -28,7 +28,7 @@ from reasoning.generate import Completion, SamplingConfig
 from reasoning.grading import GRADER_NAME, GRADER_VERSION
 from reasoning.prompts import COT_SUFFIX, PromptConfig, prompt_hash, render
 from reasoning.endpoint import ChatClient, EndpointConfig, EndpointError
-from reasoning.teacher import EndpointTeacher, EngineTeacher, TeacherConfig, load_teacher
+from reasoning.teacher import TOY_TEACHER_REVISION, EndpointTeacher, EngineTeacher, TeacherConfig, load_teacher
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model
 from stages.distill_sft import main as sft_main
@@ -186,6 +186,25 @@ def test_file_teacher_imports_verifies_and_checks_published_traces(tmp_path):
     assert [(r["problem_id"], r["reject_reason"]) for r in rejected] == [("p2", "wrong_answer")]
     assert metrics["contaminated"]["exact"] == 1 and metrics["problems_sampled"] == 4
     assert metrics["samples"] == 2 and metrics["coverage"] == 0.25  # p0 and p3 have no published trace
+
+
+def test_toy_teacher_writes_verified_varied_traces_of_known_problems(tmp_path):
+    """The toy world's teacher: the reference solutions of the training rows it is given, each sample
+    in its own order (so n = 4 gives distinct traces), all verified by the grader; a problem it was not
+    given gets no sample."""
+    from reasoning.toy.task import generate_problems
+
+    train = [r for r in generate_problems(60, seed=4) if r["subject"] != "linear"][:20]
+    cfg = TracesConfig(teacher=TeacherConfig(kind="toy"), n=4, keep_per_problem=0)
+    teacher = load_teacher(cfg.teacher, cfg.sampling, train)
+    assert teacher.info == {"kind": "toy", "id": "toy:reference-solutions", "revision": TOY_TEACHER_REVISION}
+    kept, rejected, metrics = generate_traces(teacher, train, [], cfg, tmp_path / "journal", progress=False)
+    assert metrics["coverage"] == 1.0 and not [r for r in rejected if r["reject_reason"] != "duplicate"]
+    assert len(kept) > 1.5 * len(train)  # most problems have several orders
+    assert all(t["message_content"] == f"\\boxed{{{row['answer']}}}" for row in train for t in kept
+               if t["problem"] == row["problem"])
+    unknown = list(teacher.sample(["Compute 1 + 1."], 4, [0]))
+    assert unknown == [(0, [], 0.0)]
 
 
 # ---------------------------------------------------------------------------------------------

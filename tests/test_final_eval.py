@@ -13,7 +13,9 @@ from reasoning.data import write_dataset
 from reasoning.grading import GRADER_NAME, GRADER_VERSION
 from reasoning.prompts import PromptConfig, prompt_hash, render
 from reasoning.tokenizer import Tokenizer
-from stages.final_eval import evaluate_model, main, model_eval_config
+from reasoning.evaluate import model_eval_config
+from reasoning.scaling import evaluate_at_budgets
+from stages.final_eval import main
 
 PROBLEMS = [{"id": "p1", "problem": "What is 2 + 3?", "answer": "5", "solution": "", "level": 1, "subject": "toy"}]
 
@@ -29,7 +31,7 @@ def test_model_prompt_comes_from_its_metadata(tmp_path, tiny_ckpt):
     prompt = PromptConfig(template="chat", think=True)
     (chat / "metadata.json").write_text(json.dumps({"prompt": {"template": "chat", "think": True}}))
     assert model_eval_config(chat, cfg).prompt == prompt
-    records, metrics, _ = evaluate_model(chat, PROBLEMS, cfg, tmp_path / "runs", "data-sha")
+    records, metrics, _ = evaluate_at_budgets(chat, PROBLEMS, cfg, tmp_path / "runs", "data-sha")
     template = Tokenizer(chat).chat_template
     assert records[0]["prompt"] == render(PROBLEMS[0]["problem"], prompt, template)
     assert metrics["prompt_hash"] == prompt_hash(prompt, template) != prompt.hash  # names the template too
@@ -68,14 +70,14 @@ def test_scaling_records_of_other_problems_are_refused_before_any_model_runs(tmp
     def no_model(*args, **kwargs):
         raise AssertionError("a model was evaluated before the inputs were checked")
 
-    monkeypatch.setattr(stage, "evaluate_model", no_model)
+    monkeypatch.setattr(stage, "evaluate_at_budgets", no_model)
     argv = ["--data", str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "final"),
             "--state", str(tmp_path / "runs"), "--params", str(tmp_path / "params.yaml")]
     expected = (r"holds records of 3 problems, while final_eval measures the models on the first 6 .*"
                 r"set inference_scaling.limit and evaluate.limit .*pipeline.limit")
     with pytest.raises(ValueError, match=expected):
         stage.main(argv)
-    method, records = stage.scaling_row(str(tmp_path / "scaling"), rows[:3], 3)  # evaluate.limit: 3 matches
+    method, records = stage.best_on(str(tmp_path / "scaling"), rows[:3], 3)  # evaluate.limit: 3 matches
     assert [r["id"] for r in records] == [r["id"] for r in rows[:3]] and method.name == "sc"
 
 
@@ -105,3 +107,42 @@ def test_matched_compute_puts_every_model_at_the_baselines_largest_budget(tmp_pa
     assert "best accuracy at <= base's largest budget" in (tmp_path / "final" / "table.md").read_text()
     assert (tmp_path / "final" / "compute.png").stat().st_size > 10_000
     assert list(json.loads((tmp_path / "final" / "metrics.json").read_text())["compute"]) == ["base", "other"]
+
+
+def test_seed_spread_over_other_runs(tmp_path, tiny_ckpt, tiny_tokenizer_path):
+    """final_eval.runs: this run's figures and those of the same pipeline with other seeds, as mean [min, max];
+    a missing run is refused before any model runs, and runs on other problems are refused by name."""
+    import pytest
+
+    from tests.conftest import make_checkpoint
+
+    other = make_checkpoint(tmp_path / "other", "tiny", tiny_tokenizer_path, seed=3)
+    rows = [{**PROBLEMS[0], "id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
+    write_dataset(rows, tmp_path / "test.jsonl", source="test")
+
+    def run(out, runs=(), models=None):
+        params = {"evaluate": {"device": "cpu", "dtype": "float32", "sampling": {"max_new_tokens": 4}},
+                  "final_eval": {"models": models or {"base": str(tiny_ckpt), "other": str(other)}, "n_boot": 10,
+                                 "compute": {"budgets": []}, "runs": [str(r) for r in runs]}}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        return main(["--data", str(tmp_path / "test.jsonl"), "--out", str(out), "--state", str(tmp_path / "runs"),
+                     "--params", str(tmp_path / "params.yaml")])
+
+    first = run(tmp_path / "seed0")
+    swapped = run(tmp_path / "seed1", models={"base": str(other), "other": str(tiny_ckpt)})  # another "seed"
+    with pytest.raises(FileNotFoundError, match=r"final_eval.runs: no metrics.json in \['.*nowhere'\]"):
+        run(tmp_path / "x", [tmp_path / "seed1", tmp_path / "nowhere"])
+    metrics = run(tmp_path / "final", [tmp_path / "seed0", tmp_path / "seed1"])
+    spread = {r["model"]: r for r in metrics["spread"]}
+    accs = [metrics["models"]["base"]["accuracy"], first["models"]["base"]["accuracy"],
+            swapped["models"]["base"]["accuracy"]]
+    assert spread["base"]["accuracy"] == {"mean": sum(accs) / 3, "min": min(accs), "max": max(accs), "n": 3}
+    assert "diff_vs_baseline" not in spread["base"] and spread["other"]["diff_vs_baseline"]["n"] == 3
+    table = (tmp_path / "final" / "table.md").read_text()
+    assert "over 3 runs" in table and f"| base | {sum(accs) / 3:.3f} [{min(accs):.3f}, {max(accs):.3f}] | — |" in table
+    fewer = json.loads((tmp_path / "seed1" / "metrics.json").read_text())
+    for m in fewer["models"].values():
+        m["n"] = 3
+    (tmp_path / "seed1" / "metrics.json").write_text(json.dumps(fewer))
+    with pytest.raises(ValueError, match=r"seed1: n \['3'\] differs from this run's \['4'\]"):
+        run(tmp_path / "final", [tmp_path / "seed1"])

@@ -21,6 +21,7 @@ from reasoning.prompts import COT_SUFFIX, PromptConfig, render
 from reasoning.tokenizer import ENDOFTEXT, IM_END, IM_START
 from reasoning.toy.task import (
     FAMILIES, LEVELS, TOY_CHAT_TEMPLATE, generate_problems, make_splits, pretrain_corpus, require_disjoint,
+    solution_path,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,3 +185,52 @@ def test_pretrain_corpus_kinds():
                zip(rows, pretrain_corpus(rows, seed=0, direct_frac=0.0, chat_frac=0.0, plain_frac=0.0)))
     with pytest.raises(ValueError, match="fraction"):
         pretrain_corpus(rows, seed=0, direct_frac=0.8, chat_frac=0.3)
+
+
+
+@pytest.mark.parametrize("family", ["arithmetic", "word"])
+def test_solution_paths_are_valid_and_varied(family):
+    """Every drawn path: each step's arithmetic right, the running total never negative, products first,
+    the last step the answer, and every number of the problem used once (each intermediate result
+    feeds exactly one later step); across draws several orders appear, left-to-right among them."""
+    import random
+
+    rows = [r for r in ROWS if r["subject"] == family][:300]
+    rng, varied, canonical = random.Random(0), 0, 0
+    for row in rows:
+        paths = {solution_path(row, rng) for _ in range(8)}
+        varied += len(paths) > 1
+        canonical += row["solution"] in paths
+        for path in paths:
+            *steps, boxed = path.split("\n")
+            assert boxed == f"\\boxed{{{row['answer']}}}"
+            operands, results, ops = Counter(), [], []
+            for line in steps:
+                m = re.fullmatch(r"(\d+) ([-+*/]) (\d+) = (\d+)", line)
+                assert m, (row["problem"], line)
+                a, op, b, r = int(m[1]), m[2], int(m[3]), int(m[4])
+                assert r == {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op] and (op != "/" or a % b == 0)
+                operands.update([a, b])
+                results.append(r)
+                ops.append(op)
+            assert str(results[-1]) == row["answer"]
+            if path != row["solution"]:  # (the reference word solution buys its boxes where the story does)
+                assert ops == sorted(ops, key=lambda o: o != "*")  # products first
+            problem_numbers = Counter(int(x) for x in re.findall(r"\d+", row["problem"]))
+            assert operands == problem_numbers + Counter(results[:-1]), (row["problem"], path)
+    assert varied > 0.6 * len(rows) and canonical > 0, (varied, canonical)
+
+
+def test_linear_rows_keep_their_solution_and_corpus_shuffles_only_when_asked():
+    import random
+
+    row = next(r for r in ROWS if r["subject"] == "linear")
+    assert solution_path(row, random.Random(0)) == row["solution"]
+    rows = [r for r in ROWS if r["subject"] != "linear"][:400]
+    plain = dict(direct_frac=0.0, chat_frac=0.0, plain_frac=1.0)
+    assert all(d == f"{r['problem']}\n{r['solution']}{ENDOFTEXT}"
+               for r, d in zip(rows, pretrain_corpus(rows, seed=3, **plain)))
+    shuffled = pretrain_corpus(rows, seed=3, shuffled_frac=1.0, **plain)
+    assert sum(d != f"{r['problem']}\n{r['solution']}{ENDOFTEXT}" for r, d in zip(rows, shuffled)) > 0.5 * len(rows)
+    with pytest.raises(ValueError, match="shuffled_frac"):
+        pretrain_corpus(rows, seed=3, shuffled_frac=1.5)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Callable, Sequence
 from math import gcd
 from typing import Any
@@ -209,9 +210,95 @@ def make_splits(
     return train, test
 
 
+_TERM = re.compile(r"(\d+) \* (\d+)|(\d+)")
+_EVENTS = (  # word-problem sentences -> the change they make to the running total
+    (re.compile(r"buys (\d+) boxes of (\d+)\.$"), "boxes"),
+    (re.compile(r"(?:buys|finds) (\d+) more\.$"), "+"),
+    (re.compile(r"(?:gives (\d+) to a friend|loses (\d+))\.$"), "-"),
+)
+
+
+def _signed_terms(row: dict[str, Any]) -> tuple[list[str], list[tuple[str, int]], int] | None:
+    """(steps computed first, [(sign, value), ...], divisor at the end or 1) of an arithmetic or word
+    problem; None for linear equations."""
+    text = row["problem"]
+    if row.get("subject") == "arithmetic" and text.startswith("Compute "):
+        expr = text[len("Compute "):-1].split(" ")
+        first, terms, signs = [], [], ["+"]
+        i = 0
+        while i < len(expr):
+            if i + 2 < len(expr) and expr[i + 1] == "*":
+                value, line = _step(int(expr[i]), "*", int(expr[i + 2]))
+                first.append(line)
+                i += 3
+            else:
+                value = int(expr[i])
+                i += 1
+            terms.append(value)
+            if i < len(expr):
+                signs.append(expr[i])
+                i += 1
+        return first, list(zip(signs, terms)), 1
+    if row.get("subject") == "word":
+        sentences = [s + "." for s in text.split(". ") if s]
+        start = re.search(r" has (\d+) ", sentences[0])
+        if start is None:
+            return None
+        first, terms = [], [("+", int(start.group(1)))]
+        share = re.search(r"among (\d+) friends\.$", sentences[-2]) if len(sentences) > 2 else None
+        for sentence in sentences[1:-2 if share else -1]:
+            for pattern, kind in _EVENTS:
+                m = pattern.search(sentence)
+                if m:
+                    if kind == "boxes":
+                        value, line = _step(int(m.group(1)), "*", int(m.group(2)))
+                        first.append(line)
+                        terms.append(("+", value))
+                    else:
+                        terms.append((kind, int(next(g for g in m.groups() if g))))
+                    break
+        return first, terms, int(share.group(1)) if share else 1
+    return None
+
+
+def solution_path(row: dict[str, Any], rng: random.Random) -> str:
+    """A worked solution of `row` that combines its terms in an order drawn from `rng`.
+
+    Arithmetic chains and word problems (before any final sharing) are sums of signed terms, and
+    any order that starts with a positive term and keeps the running total >= 0 is as valid as the
+    problem's own left-to-right solution (products are still computed first). Different orders
+    compute different intermediate sums, so they fail on different steps: a model pretrained on
+    several paths samples several, and a majority vote over them can beat its greedy path (the
+    diversity self-consistency needs; one rigid path per problem gives none). Other rows, and
+    draws that find no valid order in a few tries, keep `row["solution"]`.
+    """
+    parsed = _signed_terms(row)
+    if parsed is None or len(parsed[1]) < 2:
+        return row["solution"]
+    first, terms, divisor = parsed
+    for _ in range(8):
+        order = rng.sample(terms, len(terms))
+        if order[0][0] != "+":
+            continue
+        total, steps = order[0][1], list(first)
+        for sign, value in order[1:]:
+            if sign == "-" and value > total:
+                break
+            total, line = _step(total, sign, value)
+            steps.append(line)
+        else:
+            if divisor > 1:
+                steps.append(f"{total} / {divisor} = {total // divisor}")
+                total //= divisor
+            if str(total) != row["answer"]:  # a parse the generator did not mean: keep the reference
+                return row["solution"]
+            return "\n".join([*steps, f"\\boxed{{{row['answer']}}}"])
+    return row["solution"]
+
+
 def pretrain_corpus(
     rows: Sequence[dict[str, Any]], seed: int, direct_frac: float = 0.4, chat_frac: float = 0.1,
-    plain_frac: float = 0.2,
+    plain_frac: float = 0.2, shuffled_frac: float = 0.0,
 ) -> list[str]:
     """One pretraining document per row, each ending with <|endoftext|>, its kind drawn at random.
 
@@ -219,15 +306,20 @@ def pretrain_corpus(
     thinking off and a direct answer (so the model has seen the chat tokens); `plain_frac` the
     problem followed by its worked solution, no prompt; the rest base prompt with the
     chain-of-thought suffix + worked solution. A base model trained on this answers directly
-    unless the prompt asks it to explain step by step.
+    unless the prompt asks it to explain step by step. A worked solution combines the terms in
+    an order drawn at random (`solution_path`) with probability `shuffled_frac`, else in the
+    problem's order.
     """
     fracs = {"direct_frac": direct_frac, "chat_frac": chat_frac, "plain_frac": plain_frac}
     if any(not 0 <= f <= 1 for f in fracs.values()) or sum(fracs.values()) > 1:
         raise ValueError(f"{fracs}: each fraction must lie in [0, 1] and together they may not exceed 1")
+    if not 0 <= shuffled_frac <= 1:
+        raise ValueError(f"shuffled_frac {shuffled_frac}: must lie in [0, 1]")
     rng = random.Random(seed)
     docs = []
     for row in rows:
         problem, boxed, r = row["problem"], f"\\boxed{{{row['answer']}}}", rng.random()
+        solution = solution_path(row, rng) if shuffled_frac and rng.random() < shuffled_frac else row["solution"]
         if r < direct_frac:
             doc = f"{render(problem)}\n{boxed}"
         elif r < direct_frac + chat_frac:
@@ -239,8 +331,8 @@ def pretrain_corpus(
                 add_generation_prompt=False,
             )
         elif r < direct_frac + chat_frac + plain_frac:
-            doc = f"{problem}\n{row['solution']}"
+            doc = f"{problem}\n{solution}"
         else:
-            doc = f"{render(problem, PromptConfig(cot_suffix=COT_SUFFIX))}\n{row['solution']}"
+            doc = f"{render(problem, PromptConfig(cot_suffix=COT_SUFFIX))}\n{solution}"
         docs.append(doc + ENDOFTEXT)
     return docs
