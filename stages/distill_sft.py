@@ -4,7 +4,7 @@ Trains in the base's own chat template (loss on the response only), with validat
 epoch. Writes OUT (a complete HF checkpoint: the base's tokenizer files and template, a
 generation_config.json stopping at <|im_end|> or <|endoftext|>, and metadata.json naming the prompt
 to evaluate it with), METRICS, CURVE (loss, lr, grad norm, throughput per step) and VAL_CURVE (validation loss
-at each epoch's end); the curves are JSON lists for DVC plots and MLflow. Glue only: params
+at each epoch's end), JSON lists for DVC plots and MLflow, and CHART (both losses as a PNG). Glue only: params
 section -> SFTConfig -> reasoning.distill.build_sft_examples -> reasoning.train. The full training
 state lives in STATE/<hash of the run: student weights, traces, settings> (git-ignored): a killed
 run resumes there and ends where an uninterrupted one would; it is deleted on success unless
@@ -24,6 +24,7 @@ from reasoning.distill import SFTConfig, build_sft_examples, student_prompt
 from reasoning.files import read_jsonl, sha256_file, write_json
 from reasoning.generate import hf_generation_config
 from reasoning.prompts import prompt_hash
+from reasoning.report import loss_chart
 from reasoning.tokenizer import Tokenizer
 from reasoning.train import train
 from reasoning.weights import load_model, model_id, resolve, save_model
@@ -37,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ("--traces", "verified traces, e.g. data/traces/traces.jsonl"),
         ("--out", "output checkpoint, e.g. data/models/sft"),
         ("--metrics", "metrics file"), ("--curve", "per-step training curve"),
-        ("--val-curve", "validation loss per epoch"),
+        ("--val-curve", "validation loss per epoch"), ("--chart", "PNG of the training and validation loss"),
         ("--state", "training-state directory for resuming, e.g. runs/distill_sft"),
     ], epilog="Several processes (train.strategy ddp or fsdp): `torchrun --nproc_per_node N -m stages.distill_sft ...`")
     ap.add_argument("--keep-state", action="store_true", help="keep the training state after success")
@@ -67,8 +68,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "dtype": str(dtype).removeprefix("torch."),
     })
     log = read_jsonl(state / "metrics.jsonl")  # DVC plots want one shape per file: steps and validations apart
-    write_json(args.curve, [r for r in log if "loss" in r])
-    write_json(args.val_curve, [r for r in log if "val_loss" in r])
+    curve, val_curve = [r for r in log if "loss" in r], [r for r in log if "val_loss" in r]
+    write_json(args.curve, curve)
+    write_json(args.val_curve, val_curve)
+    loss_chart(curve, val_curve, args.chart, f"distillation SFT of {args.model}")
     metrics = {**result, **counts, "prompt_hash": p_hash, "state_dir": str(state), **run_facts()}
     write_json(args.metrics, metrics)
     if not args.keep_state:

@@ -6,8 +6,9 @@ accuracy is reasoning.evaluate on the first `eval.limit` test problems (before t
 them. Writes OUT (a complete HF checkpoint with the start model's tokenizer files and template, the
 evaluation's sampling as generation_config.json's defaults, and metadata.json naming the prompt to
 evaluate it with), METRICS (start and final accuracy, the paired start-vs-end test, rewards), CURVE
-(per step) and EVAL_CURVE (per evaluation). The training state lives in STATE/<hash of start model, data, settings>: a killed run
-resumes there; it is deleted on success unless --keep-state. Under torchrun rank 0 writes.
+(per step), EVAL_CURVE (per evaluation) and CHART (reward and held-out accuracy, PNG). The training
+state lives in STATE/<hash of start model, data, settings>: a killed run resumes there; it is deleted
+on success unless --keep-state. Under torchrun rank 0 writes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from reasoning.files import read_json, read_jsonl, sha256_file, write_json, writ
 from reasoning.generate import Generator, hf_generation_config
 from reasoning.grpo import GRPOConfig, run_summary, train_grpo
 from reasoning.prompts import prompt_hash
+from reasoning.report import grpo_chart
 from reasoning.tokenizer import Tokenizer
 from reasoning.weights import load_model, model_id, resolve, save_model
 
@@ -52,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ("--models", "directory of the pipeline's models; GRPO starts from MODELS/<start_from>"),
         ("--train", "training split"), ("--test", "held-out split"), ("--out", "output checkpoint"),
         ("--metrics", "metrics file"), ("--curve", "per-step metrics"),
-        ("--eval-curve", "held-out accuracy per evaluation"), ("--state", "training state for resuming"),
+        ("--eval-curve", "held-out accuracy per evaluation"), ("--chart", "PNG of the reward and held-out accuracy"),
+        ("--state", "training state for resuming"),
     ], epilog="Several processes: `torchrun --nproc_per_node N -m stages.grpo ...`.")
     ap.add_argument("--keep-state", action="store_true", help="keep the training state after success")
     args = ap.parse_args(argv)
@@ -103,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                         last_records)
     write_json(args.curve, curve)
     write_json(args.eval_curve, evals)
+    grpo_chart(curve, evals, args.chart, f"GRPO from {cfg.start_from}")
     metrics.update(prompt_hash=p_hash, state_dir=str(state), **run_facts(skipped))
     write_json(args.metrics, metrics)
     if not args.keep_state:

@@ -1,4 +1,4 @@
-"""Stage `load_base`: the base model as a checkpoint in our format; writes OUT (+ metadata.json), METRICS, CURVE.
+"""Stage `load_base`: the base model as a checkpoint in our format; writes OUT (+ metadata.json), METRICS, CURVE, CHART.
 
 Glue only: params section -> LoadBaseConfig. `source: toy` pretrains the embedded toy world's
 base model on the train split (reasoning.toy.pretrain); `hf:<repo>[@<revision>]` or a local
@@ -19,6 +19,7 @@ from pathlib import Path
 from reasoning.data import read_dataset
 from reasoning.devices import resolve_device
 from reasoning.files import write_json
+from reasoning.report import loss_chart
 from reasoning.toy.pretrain import ToyBaseConfig, build_base
 from reasoning.weights import load_model, model_id, resolve, save_model
 
@@ -53,15 +54,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ("--train", "training split (the toy world's pretraining corpus), e.g. data/datasets/train.jsonl"),
         ("--out", "output checkpoint directory, e.g. data/models/base"),
         ("--metrics", "metrics file"), ("--curve", "pretraining loss per step (toy world)"),
+        ("--chart", "PNG of the pretraining and validation loss"),
     ]).parse_args(argv)
     cfg = stage_config(LoadBaseConfig, "load_base", args)
     curve: list[dict] = []
+    val: list[dict] = []  # validation losses: on the chart, not in CURVE (DVC plots want one shape per file)
 
     def log(step: int, metrics: dict[str, float]) -> None:
-        if "loss" in metrics:  # training steps; the validation loss is a final metric (DVC plots want one shape)
-            curve.append({"step": step, **metrics})
-            if step % PROGRESS_EVERY == 0:
-                print(f"step {step}: loss {metrics['loss']:.3f}, {metrics['tokens_per_s']:.0f} tokens/s")
+        (curve if "loss" in metrics else val).append({"step": step, **metrics})
+        if "loss" in metrics and step % PROGRESS_EVERY == 0:
+            print(f"step {step}: loss {metrics['loss']:.3f}, {metrics['tokens_per_s']:.0f} tokens/s")
 
     skipped: dict[str, int] = {}  # rows without an id, problem or answer: skipped, counted, warned about
     if cfg.source == "toy":
@@ -74,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                             "model_id": model_id(args.out), "params": metrics["params"]})
     write_json(args.metrics, metrics)
     write_json(args.curve, curve)
+    loss_chart(curve, val, args.chart, f"base model: pretraining loss ({cfg.source})")
     print(f"{args.out}: {metrics['params']:,} parameters from {cfg.source}")
     return metrics
 

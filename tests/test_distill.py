@@ -376,7 +376,8 @@ def sft_args(root: Path, name: str, model: Path) -> list[str]:
     out = root / name
     return ["--model", str(model), "--traces", str(root / "traces.jsonl"), "--out", str(out / "model"),
             "--metrics", str(out / "metrics.json"), "--curve", str(out / "curve.json"),
-            "--val-curve", str(out / "val.json"), "--params", str(root / "params.yaml"),
+            "--val-curve", str(out / "val.json"), "--chart", str(out / "chart.png"),
+            "--params", str(root / "params.yaml"),
             "--state", str(out / "state")]
 
 
@@ -427,6 +428,7 @@ def test_killed_sft_resumes_to_the_same_model_and_log(sft_inputs, tiny_ckpt, mon
     assert curves("resumed") == curves("straight")  # each step logged once, with the same values
     steps, val = curves("straight")
     assert [s for s, _, _ in steps] == list(range(1, 9)) and [s for s, _ in val] == [4, 8]  # val at epoch ends
+    assert (root / "straight" / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # how it reads: test_report
 
 
 @pytest.mark.slow

@@ -83,7 +83,9 @@ def test_load_base_keeps_a_hub_checkpoints_own_files(hub_checkpoint, tmp_path):
     params.write_text(yaml.safe_dump({"load_base": {"source": str(hub_checkpoint), "dtype": "float32"}}))
     out = tmp_path / "base"
     load_base_main(["--params", str(params), "--train", str(tmp_path / "unused.jsonl"), "--out", str(out),
-                    "--metrics", str(tmp_path / "m.json"), "--curve", str(tmp_path / "c.json")])
+                    "--metrics", str(tmp_path / "m.json"), "--curve", str(tmp_path / "c.json"),
+                    "--chart", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # "no training steps"
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (out / name).read_bytes() == (hub_checkpoint / name).read_bytes(), name
     config = json.loads((out / "config.json").read_text())

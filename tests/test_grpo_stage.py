@@ -70,6 +70,7 @@ def args(root: Path, name: str, model: Path, params: Path | None = None) -> list
     return ["--models", str(models), "--train", str(root / "train.jsonl"), "--test", str(root / "test.jsonl"),
             "--out", str(out / "model"), "--metrics", str(out / "metrics.json"),
             "--curve", str(out / "curve.json"), "--eval-curve", str(out / "eval.json"),
+            "--chart", str(out / "chart.png"),
             "--params", str(params or root / "params.yaml"), "--state", str(out / "state")]
 
 
@@ -107,6 +108,7 @@ def test_killed_run_resumes_to_the_same_model_and_outputs(world, tiny_ckpt, monk
     evals = read_json(out / "eval.json")
     assert [e["step"] for e in evals] == [0, 2, 4] and all(e["n"] == 4 for e in evals)
     assert (straight["start_accuracy"], straight["accuracy"]) == (evals[0]["accuracy"], evals[-1]["accuracy"])
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # tests/test_report.py checks how it reads
     # start vs end, paired on the same held-out problems
     assert straight["paired_diff"] == pytest.approx(straight["accuracy"] - straight["start_accuracy"])
     assert straight["paired_ci_low"] <= straight["paired_diff"] <= straight["paired_ci_high"]
