@@ -63,3 +63,17 @@ def test_another_config_model_or_problem_is_refused(tmp_path):
     # "redo": a changed problem is generated again; problems outside this run are left out
     kept = resume_records(path, {k: v for k, v in changed.items() if k != "e"}, STAMP, "x", on_changed="redo")
     assert sorted(kept) == ["a", "b", "d"]
+
+
+def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path):
+    """Outputs written through a temporary file are as readable as any other file the user writes
+    (mkstemp's own 0600 made every table, chart and metrics file private to its writer)."""
+    import os
+
+    from reasoning.files import atomic_write_text
+
+    atomic_write_text(tmp_path / "atomic.md", "x")
+    (tmp_path / "plain.md").write_text("x")
+    mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777  # noqa: E731
+    assert mode("atomic.md") == mode("plain.md")
+    assert not list(tmp_path.glob(".atomic.md.*"))  # no temporary file left behind
