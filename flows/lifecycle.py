@@ -7,7 +7,7 @@ record its end, and the run outlives the Ctrl-C. So:
 
 - The temporary Prefect API server runs in a session of its own (`start_api`): Ctrl-C does not
   reach it, the processes of the run record how they ended, and the process that started it
-  stops it last (`stop_api`).
+  stops it last (`stop_api`); if that process is killed outright, the kernel ends the server too.
 - Child commands (`dvc repro`, `prefect server start`) also run in sessions of their own
   (`spawn`), and the parent forwards the interrupt to them (`interrupt_children`): each gets
   GRACE_S seconds to end the way it would end on Ctrl-C (the stage marks its MLflow run KILLED,
@@ -19,7 +19,6 @@ record its end, and the run outlives the Ctrl-C. So:
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
@@ -39,12 +38,35 @@ _server: SubprocessASGIServer | None = None
 _interrupted = False  # set by the first SIGINT: shutdown then waits less for what is still unsent
 
 
+# Run as `python -c _DIE_WITH_PARENT <parent pid> <command...>`: asks the kernel (Linux) to SIGTERM this
+# process when its parent dies, then becomes the command (exec keeps the request). A parent that already
+# died before the request was made is caught by the pid check.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+_Popen = subprocess.Popen  # the real one: _server_popen stands in for it while Prefect starts its server
+
+
+def _server_popen(args: list[str], **kwargs: Any) -> subprocess.Popen:
+    if sys.platform.startswith("linux"):
+        args = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *args]
+    return _Popen(args, start_new_session=True, **kwargs)
+
+
 class _OwnSessionServer(SubprocessASGIServer):
     """Prefect's temporary API server (the per-process singleton its client would start itself), started
-    in a session of its own so that a Ctrl-C meant for the run does not kill it first."""
+    in a session of its own so that a Ctrl-C meant for the run does not kill it first, and (on Linux)
+    ended by the kernel when the process that started it dies, even by SIGKILL (the OOM killer, `kill
+    -9`), which runs no cleanup of ours: before, such a server outlived its run."""
 
     def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-        with mock.patch.object(subprocess, "Popen", functools.partial(subprocess.Popen, start_new_session=True)):
+        with mock.patch.object(subprocess, "Popen", _server_popen):
             return super()._run_uvicorn_command()
 
 

@@ -39,8 +39,7 @@ def world(tmp_path_factory):
     built = toy.dvc("repro", "load_base")
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     yield toy
-    # A SIGKILLed stage cannot stop the temporary Prefect server it started in a session of its own
-    # (flows.lifecycle): end whatever of this world outlived its test, so no server outlives the suite.
+    # Whatever of this world outlived a failed test ends here, so no server outlives the suite.
     for pid in world_processes(toy.env["PREFECT_HOME"]):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -129,6 +128,12 @@ def test_killed_evaluate_resumes_under_dvc_repro(world, tmp_path):
     wait_for_records(world, proc, 10)
     os.killpg(proc.pid, signal.SIGKILL)  # a crash: nothing gets to clean up
     proc.wait()
+    # The stage's temporary Prefect server (in a session of its own, which the kill did not reach) goes
+    # with it: the kernel ends it when its parent dies (flows.lifecycle). Before, it ran on for good.
+    deadline = time.monotonic() + 15
+    while alive(set(world_processes(world.env["PREFECT_HOME"]))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(set(world_processes(world.env["PREFECT_HOME"]))), "a SIGKILLed run left processes behind"
     before = {r["id"]: r for r in journal_lines(world.repo)}
     assert 10 <= len(before) < 80
 
