@@ -26,6 +26,7 @@ from reasoning.devices import resolve_device
 from reasoning.evaluate import EvalConfig, evaluate
 from reasoning.files import read_json, read_jsonl, sha256_file, write_json, write_jsonl
 from reasoning.generate import Generator, hf_generation_config
+from reasoning.grading import GRADER_VERSION
 from reasoning.grpo import GRPOConfig, run_summary, train_grpo
 from reasoning.prompts import prompt_hash
 from reasoning.report import grpo_chart
@@ -69,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if trained_for not in (None, dataclasses.asdict(cfg.train.prompt)):
         warnings.warn(f"{ckpt} was trained behind the prompt {trained_for}, GRPO uses {cfg.train.prompt}; set "
                       "grpo.train.prompt (and grpo.eval.prompt) to it unless the change is deliberate", stacklevel=2)
-    key = {"start": model_id(ckpt), "train": sha256_file(args.train), "settings": run_settings(cfg.train)}
+    key = {"start": model_id(ckpt), "train": sha256_file(args.train), "settings": run_settings(cfg.train),
+           "grader": GRADER_VERSION}  # a resume never mixes rewards of two graders
     state = run_dir(args.state, key)
     tok = Tokenizer(ckpt)
     model = load_model(ckpt)  # fp32 master weights; bf16 autocast per train.dtype

@@ -143,6 +143,20 @@ def test_killed_run_resumes_to_the_same_model_and_outputs(world, tiny_ckpt, monk
     assert {k: resumed[k] for k in keep} == {k: straight[k] for k in keep}
 
 
+
+def test_another_grader_version_trains_afresh_instead_of_resuming(world, tiny_ckpt, monkeypatch):
+    """GRPO's rewards are the grader's verdicts: a run resumed under another grader version would mix two
+    reward functions, so the version is part of the run's key (its state directory)."""
+    def run(name: str) -> dict:
+        argv = args(world, name, tiny_ckpt)
+        argv[argv.index("--state") + 1] = str(world / "shared_state")
+        return stage.main(argv)
+
+    before = run("grader_now")
+    monkeypatch.setattr(stage, "GRADER_VERSION", "99.0.0")
+    after = run("grader_next")
+    assert before["state_dir"] != after["state_dir"] and after["resumed_from"] == 0
+
 def test_bad_params_fail_loudly(world, tiny_ckpt, tmp_path):
     def run_with(section: dict):
         params = tmp_path / "params.yaml"
