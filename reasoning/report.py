@@ -339,10 +339,15 @@ def compute_chart(points: dict[str, Sequence[dict[str, Any]]], path: str | Path,
         front = [pts[j] for j in pareto_frontier([(p["tokens_per_problem"], p["accuracy"]) for p in pts])]
         ax.plot([p["tokens_per_problem"] for p in front], [p["accuracy"] for p in front], color=color, label=model)
         last = max(p["tokens_per_problem"] for p in pts)
-        for p in pts:  # right of each point, left of the costliest (which sits at the budget line)
+        for p in pts:  # right of each point, left of the costliest (which sits at the budget line); above it
+            # when no other model's point nearby is higher, else below: two close models' labels do not overlap
             left = p["tokens_per_problem"] == last
+            near = [q["accuracy"] for m, qs in points.items() if m != model for q in qs
+                    if 1 / 1.6 <= q["tokens_per_problem"] / p["tokens_per_problem"] <= 1.6]
+            up = all(a <= p["accuracy"] for a in near)
             _value(ax, f"{p['label']} {_pct(p['accuracy'])}", (p["tokens_per_problem"], p["accuracy"]), color,
-                   offset=(-6 if left else 6, -12), ha="right" if left else "left")
+                   offset=(-6 if left else 6, 5 if up else -6), ha="right" if left else "left",
+                   va="bottom" if up else "top")
     if budget is not None:
         ax.axvline(budget, color="grey", linestyle=":", label="baseline's largest budget")
     _tokens_axis(ax)
