@@ -450,30 +450,42 @@ def grpo_chart(curve: Sequence[dict[str, Any]], evals: Sequence[dict[str, Any]],
 # ---------------------------------------------------------------------------------------------
 # Seed spread: the same pipeline run with other training seeds
 
-def seed_spread_rows(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
+def _by_role(models: dict[str, Any], baseline: str) -> dict[str, Any]:
+    """`models` with the inference-scaling row ("<baseline> + <its best setting>", a setting that may
+    differ from seed to seed) named for its role, so rows of runs with other seeds line up."""
+    return {(f"{baseline} + best scaling setting" if m.startswith(f"{baseline} + ") else m): v
+            for m, v in models.items()}
+
+
+def check_spread_runs(runs: Sequence[dict[str, Any]], names: Sequence[str], models: Sequence[str], n: int,
+                      baseline: str, grader_version: str) -> None:
+    """Refuse, before anything is measured, other runs (final_eval metrics.json dicts, named by `names`)
+    that a seed spread cannot pool with this one: a model of `models` missing, another number of
+    problems `n`, or another grader version. Raises ValueError naming the run and the fix."""
+    want = set(_by_role(dict.fromkeys(models), baseline))
+    for run, name in zip(runs, names):
+        have = _by_role(run["models"], baseline)
+        problems = sorted({int(m["n"]) for m in have.values()})
+        why = (f"has no model(s) {sorted(want - set(have))}" if want - set(have) else
+               f"measured {problems} problems, this run {n}" if problems != [n] else
+               f"was graded by version {run.get('grader_version')}, this run by {grader_version}"
+               if run.get("grader_version") != grader_version else "")
+        if why:
+            raise ValueError(f"final_eval.runs: {name} {why}; a seed spread pools runs of one pipeline with other "
+                             "seeds, on the same test problems and grader: rerun it, or leave it out")
+
+
+def seed_spread_rows(runs: Sequence[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
     """One row per model of the first run: its accuracy (and, but for the baseline, its difference to
     the baseline) as mean, min and max over `runs` (final_eval metrics.json dicts of one pipeline run
-    with different training seeds; `names` say where each came from, for errors).
-
-    Raises ValueError when a run lacks a model or measured other problems (n) or another grader: their
-    figures would not be comparable."""
-    first = runs[0]
-    for run, name in zip(runs[1:], names[1:]):
-        for key in ("n", "grader_version"):
-            want = {m.get(key, first.get(key)) for m in first["models"].values()}
-            have = {m.get(key, run.get(key)) for m in run["models"].values()}
-            if have != want:
-                raise ValueError(f"{name}: {key} {sorted(map(str, have))} differs from this run's "
-                                 f"{sorted(map(str, want))}; a seed spread needs runs of one pipeline on the "
-                                 "same test problems, graded alike")
-        missing = sorted(set(first["models"]) - set(run["models"]))
-        if missing:
-            raise ValueError(f"{name} has no model(s) {missing}: a seed spread needs every model in every run")
+    with different training seeds, checked by `check_spread_runs`). The inference-scaling row is
+    pooled by its role: "<baseline> + best scaling setting", whichever setting each seed found best."""
+    models = [_by_role(r["models"], baseline) for r in runs]
     rows = []
-    for model, m in first["models"].items():
-        row = {"model": model, "accuracy": seed_spread([r["models"][model]["accuracy"] for r in runs])}
+    for model, m in models[0].items():
+        row = {"model": model, "accuracy": seed_spread([ms[model]["accuracy"] for ms in models])}
         if "diff_vs_baseline" in m:
-            row["diff_vs_baseline"] = seed_spread([r["models"][model]["diff_vs_baseline"] for r in runs])
+            row["diff_vs_baseline"] = seed_spread([ms[model]["diff_vs_baseline"] for ms in models])
         rows.append(row)
     return rows
 

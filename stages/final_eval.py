@@ -25,8 +25,9 @@ from reasoning.devices import rank_device, resolve_device
 from reasoning.data import read_dataset
 from reasoning.evaluate import EvalConfig, metrics_from_records
 from reasoning.files import atomic_write_text, read_json, sha256_file, write_json, write_jsonl
+from reasoning.grading import GRADER_VERSION
 from reasoning.report import (COMPARISON_FIELDS, accuracy_chart, comparison_rows, comparison_table, compute_chart,
-                              seed_spread_rows, seed_spread_table, write_csv)
+                              check_spread_runs, seed_spread_rows, seed_spread_table, write_csv)
 from reasoning.scaling import ComputeConfig, best_on, best_within, describe, evaluate_at_budgets
 
 from .common import rank0, run_facts, stage_config, stage_parser
@@ -64,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise FileNotFoundError(f"final_eval.runs: no metrics.json in {missing}; list the output dirs of finished "
                                 "final_eval runs, e.g. runs/bench_seeds/seed1/data/final (python -m bench.seeds)")
     others = [read_json(Path(r) / "metrics.json") for r in cfg.runs]
+    check_spread_runs(others, cfg.runs, [*cfg.models, *([f"{cfg.baseline} + best"] if best else [])], len(problems),
+                      cfg.baseline, GRADER_VERSION)
     results, points = {}, {}
     with data_parallel(rank_device(resolve_device(eval_cfg.device, eval_cfg.dtype)[0])) as comm:
         for name, path in cfg.models.items():  # torchrun: each model's problems split over the ranks
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                **grader, **run_facts(skipped)}
     table = comparison_table(rows, cfg.baseline)
     if others:  # the seed spread: what the figures move by with the training seed (or the machine)
-        metrics["spread"] = seed_spread_rows([metrics, *others], [str(args.out), *cfg.runs])
+        metrics["spread"] = seed_spread_rows([metrics, *others], cfg.baseline)
         table += "\n" + seed_spread_table(metrics["spread"], cfg.baseline)
     atomic_write_text(args.out / "table.md", table)
     write_csv(args.out / "table.csv", rows, COMPARISON_FIELDS)

@@ -144,5 +144,32 @@ def test_seed_spread_over_other_runs(tmp_path, tiny_ckpt, tiny_tokenizer_path):
     for m in fewer["models"].values():
         m["n"] = 3
     (tmp_path / "seed1" / "metrics.json").write_text(json.dumps(fewer))
-    with pytest.raises(ValueError, match=r"seed1: n \['3'\] differs from this run's \['4'\]"):
+    with pytest.raises(ValueError, match=r"final_eval.runs: .*seed1 measured \[3\] problems, this run 4"):
         run(tmp_path / "final", [tmp_path / "seed1"])
+
+
+def test_seed_spread_pools_each_seeds_best_scaling_setting_and_refuses_what_does_not_pool():
+    """Each seed's inference_scaling stage may find another best setting ("base + SC@16" on one, "base +
+    Best-of-N" on another): the spread pools that row by its role. A run lacking a model, measured on
+    other problems or graded by another version is refused, naming it."""
+    import pytest
+
+    from reasoning.report import check_spread_runs, seed_spread_rows
+
+    def run(acc: float, row: str, n: int = 500, grader: str = "2.0.0") -> dict:
+        return {"grader_version": grader, "models": {
+            "base": {"accuracy": 0.05, "n": n},
+            "sft": {"accuracy": acc, "n": n, "diff_vs_baseline": acc - 0.05},
+            f"base + {row}": {"accuracy": acc - 0.1, "n": n, "diff_vs_baseline": acc - 0.15}}}
+
+    runs = [run(0.8, "Self-consistency (n=16)"), run(0.6, "Best-of-N (n=16, avg_logprob)")]
+    check_spread_runs(runs[1:], ["seed1"], ["base", "sft", "base + best"], 500, "base", "2.0.0")
+    rows = {r["model"]: r for r in seed_spread_rows(runs, "base")}
+    assert list(rows) == ["base", "sft", "base + best scaling setting"]
+    assert rows["base + best scaling setting"]["accuracy"] == pytest.approx({"mean": 0.6, "min": 0.5, "max": 0.7, "n": 2})
+    assert rows["sft"]["diff_vs_baseline"]["min"] == pytest.approx(0.55)
+    for other, why in ((dict(run(0.6, "x"), models={"base": {"accuracy": 0.1, "n": 500}}), r"has no model\(s\) \['sft'\]"),
+                       (run(0.6, "x", n=100), r"measured \[100\] problems, this run 500"),
+                       (run(0.6, "x", grader="1.0.0"), r"was graded by version 1.0.0, this run by 2.0.0")):
+        with pytest.raises(ValueError, match=rf"final_eval.runs: seed1 {why}"):
+            check_spread_runs([other], ["seed1"], ["base", "sft"], 500, "base", "2.0.0")
