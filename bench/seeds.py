@@ -42,6 +42,7 @@ from flows.dag import read_stages, stage_order
 from reasoning.config import load_params, load_section
 from reasoning.files import read_json, read_jsonl
 from reasoning.metrics import compare_records, seed_spread
+from reasoning.report import by_role
 from reasoning.scaling import MethodConfig, ScalingConfig, budget_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,12 +124,9 @@ def findings(work: Path) -> dict[str, Any]:
     for f in FINDINGS:
         out[f]["holds"] = out[f]["ci_low"] > 0
     out["accuracy"] = {"base direct": final["models"]["base"]["accuracy"],
-                       "base CoT": sum(r["correct"] for r in cot) / len(cot)}
-    for model, m in final["models"].items():  # the best scaling row's label depends on the seed: one name for all
-        if model != "base":
-            out["accuracy"]["base, best scaling row" if model.startswith("base + ") else model] = m["accuracy"]
-            if model.startswith("base + "):
-                out["best_scaling_row"] = model.removeprefix("base + ")
+                       "base CoT": sum(r["correct"] for r in cot) / len(cot),
+                       **{m: v["accuracy"] for m, v in by_role(final["models"], "base").items() if m != "base"}}
+    out["best_scaling_row"] = next((m.removeprefix("base + ") for m in final["models"] if m.startswith("base + ")), None)
     return out
 
 

@@ -728,8 +728,7 @@ def _train_grpo(model: Qwen3, ref_model: Qwen3 | None, tokenizer: Tokenizer, row
             if end or (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0):
                 save_checkpoint(out_dir, policy.net, optimizer, state, key, comm)
     if rollout_dtype != torch.float32:  # hand back the fp32 masters, as ddp does: free the cache, then gather
-        for cache_holder in (layer.self_attn for layer in model.layers):
-            cache_holder.kv_cache = None
+        model.free_caches()
         model.to(torch.float32)
         policy.gather()
     model.eval()

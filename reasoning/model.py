@@ -368,8 +368,7 @@ class Qwen3(nn.Module):
         if cache is None or cache.k_store.dtype != dtype or cache.k_store.device != self.device \
                 or cache.capacity < need:
             capacity = need if cache is None or cache.k_store.dtype != dtype else max(need, 2 * cache.capacity)
-            for layer in self.layers:  # free the old storage before allocating the new: one cache at a time
-                layer.self_attn.kv_cache = None
+            self.free_caches()  # the old storage goes before the new is allocated: one cache at a time
             for layer in self.layers:
                 a = layer.self_attn
                 a.kv_cache = KVCache(capacity, a.n_kv, a.head_dim, dtype, self.device)
@@ -390,6 +389,11 @@ class Qwen3(nn.Module):
                 m.compute_weight = None if dtype is None else m.weight_as(dtype)
                 if m.compute_weight is m.weight:
                     m.compute_weight = None  # same dtype: nothing to change
+
+    def free_caches(self) -> None:
+        """Drop the KV caches (their memory goes back to the allocator); the next generation sets them up again."""
+        for layer in self.layers:
+            layer.self_attn.kv_cache = None
 
     def kv_caches(self) -> list[KVCache]:
         return [layer.self_attn.kv_cache for layer in self.layers]

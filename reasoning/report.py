@@ -450,11 +450,16 @@ def grpo_chart(curve: Sequence[dict[str, Any]], evals: Sequence[dict[str, Any]],
 # ---------------------------------------------------------------------------------------------
 # Seed spread: the same pipeline run with other training seeds
 
-def _by_role(models: dict[str, Any], baseline: str) -> dict[str, Any]:
-    """`models` with the inference-scaling row ("<baseline> + <its best setting>", a setting that may
-    differ from seed to seed) named for its role, so rows of runs with other seeds line up."""
-    return {(f"{baseline} + best scaling setting" if m.startswith(f"{baseline} + ") else m): v
-            for m, v in models.items()}
+def scaling_role(baseline: str) -> str:
+    """The name final_eval's inference-scaling row ("<baseline> + <its best setting>") goes by across
+    seeds, whose best settings differ."""
+    return f"{baseline} + best scaling setting"
+
+
+def by_role(models: dict[str, Any], baseline: str) -> dict[str, Any]:
+    """`models` (final_eval's metrics["models"]) with the inference-scaling row named `scaling_role`, so
+    the rows of runs with other seeds line up."""
+    return {(scaling_role(baseline) if m.startswith(f"{baseline} + ") else m): v for m, v in models.items()}
 
 
 def check_spread_runs(runs: Sequence[dict[str, Any]], names: Sequence[str], models: Sequence[str], n: int,
@@ -462,9 +467,9 @@ def check_spread_runs(runs: Sequence[dict[str, Any]], names: Sequence[str], mode
     """Refuse, before anything is measured, other runs (final_eval metrics.json dicts, named by `names`)
     that a seed spread cannot pool with this one: a model of `models` missing, another number of
     problems `n`, or another grader version. Raises ValueError naming the run and the fix."""
-    want = set(_by_role(dict.fromkeys(models), baseline))
+    want = set(by_role(dict.fromkeys(models), baseline))
     for run, name in zip(runs, names):
-        have = _by_role(run["models"], baseline)
+        have = by_role(run["models"], baseline)
         problems = sorted({int(m["n"]) for m in have.values()})
         why = (f"has no model(s) {sorted(want - set(have))}" if want - set(have) else
                f"measured {problems} problems, this run {n}" if problems != [n] else
@@ -480,7 +485,7 @@ def seed_spread_rows(runs: Sequence[dict[str, Any]], baseline: str) -> list[dict
     the baseline) as mean, min and max over `runs` (final_eval metrics.json dicts of one pipeline run
     with different training seeds, checked by `check_spread_runs`). The inference-scaling row is
     pooled by its role: "<baseline> + best scaling setting", whichever setting each seed found best."""
-    models = [_by_role(r["models"], baseline) for r in runs]
+    models = [by_role(r["models"], baseline) for r in runs]
     rows = []
     for model, m in models[0].items():
         row = {"model": model, "accuracy": seed_spread([ms[model]["accuracy"] for ms in models])}

@@ -27,7 +27,7 @@ from reasoning.evaluate import EvalConfig, metrics_from_records
 from reasoning.files import atomic_write_text, read_json, sha256_file, write_json, write_jsonl
 from reasoning.grading import GRADER_VERSION
 from reasoning.report import (COMPARISON_FIELDS, accuracy_chart, comparison_rows, comparison_table, compute_chart,
-                              check_spread_runs, seed_spread_rows, seed_spread_table, write_csv)
+                              check_spread_runs, scaling_role, seed_spread_rows, seed_spread_table, write_csv)
 from reasoning.scaling import ComputeConfig, best_on, best_within, describe, evaluate_at_budgets
 
 from .common import rank0, run_facts, stage_config, stage_parser
@@ -65,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise FileNotFoundError(f"final_eval.runs: no metrics.json in {missing}; list the output dirs of finished "
                                 "final_eval runs, e.g. runs/bench_seeds/seed1/data/final (python -m bench.seeds)")
     others = [read_json(Path(r) / "metrics.json") for r in cfg.runs]
-    check_spread_runs(others, cfg.runs, [*cfg.models, *([f"{cfg.baseline} + best"] if best else [])], len(problems),
-                      cfg.baseline, GRADER_VERSION)
+    check_spread_runs(others, cfg.runs, [*cfg.models, *([scaling_role(cfg.baseline)] if best else [])],
+                      len(problems), cfg.baseline, GRADER_VERSION)
     results, points = {}, {}
     with data_parallel(rank_device(resolve_device(eval_cfg.device, eval_cfg.dtype)[0])) as comm:
         for name, path in cfg.models.items():  # torchrun: each model's problems split over the ranks
