@@ -35,18 +35,19 @@ Engines, one subprocess each:
   evaluation runs by default: finished rows leave the batch), on the same chunks, left-padded with
   an attention mask; its model as its constructor builds it (a separate output head).
 
-How the lengths are forced: ours draws each row's randomness from a `torch.Generator` seeded with
-`sample_seed(seed of the prompt, 0)`, and passes the rows' generators to `reasoning.generate.
-sample_rows`; a wrapper around that function names each row by its generator's seed, counts its
-tokens and emits the stop token at the drawn one (and never elsewhere). The book's loop takes
+How the lengths are forced: ours keeps each row's sample seed (`sample_seed(seed of the prompt, 0)`)
+and draw counter (tokens sampled so far) beside the tokens each step samples, and stores them
+(outside the compiled step) through `Generator._take`; a wrapper around that method names each row
+by its seed and emits the stop token at the row's drawn length (and never elsewhere). The book's loop takes
 argmax of the model's last logits and drops a row from its batch after its EOS: a wrapper around the
 model mirrors that list of surviving rows (and fails if the batch it receives does not match it),
 puts +inf on EOS for a row at its drawn length and -inf for the others.
 
 Figures per engine: generated tokens / wall time of the whole generation (prefill included; model
 building and a small warm-up excluded), the wall time, the peak resident memory of its process
-(building excluded where Linux allows), and rows per step (tokens / decoding rounds: how full the
-batch stayed); then continuous/static and continuous/book. The machine may be shared: the load
+(building excluded where Linux allows), and rows per step (tokens / rounds, a round being a forward
+pass that produced tokens: a decode step or a prefill; how full the batch stayed); then
+continuous/static and continuous/book. The machine may be shared: the load
 average is printed before and after, and only ratios from one run count.
 
 The book's package is a bench-only dependency, installed without its dependencies:
@@ -190,32 +191,34 @@ def prompt_ids(lengths: Sequence[int], vocab: int, seed: int) -> list[list[int]]
 def forced_ours(targets: Sequence[int], max_new: int, eos: int) -> Iterator[dict]:
     """While open, our engine's row seeded with seeds[i] (sample_seed(i, 0)) emits `eos` as its
     targets[i]-th token unless that is max_new (then it runs to the limit), and never elsewhere.
-    Yields {"rounds": sampling calls}."""
-    import reasoning.generate as engine
+    Yields {"rounds": forward passes that produced tokens (decode steps and prefills)}."""
+    from reasoning.generate import Generator
     from reasoning.seeds import sample_seed
 
     row_of = {sample_seed(i, 0): i for i in range(len(targets))}
     if len(row_of) != len(targets):
         raise RuntimeError("two rows share a sample seed: rows cannot be told apart")
-    made, stats, plain = [0] * len(targets), {"rounds": 0}, engine.sample_rows
+    stats, plain = {"rounds": 0}, Generator._take
 
-    def sample_rows(logits, cfg, generators):
-        new = plain(logits, cfg, generators).tolist()
+    def take(step, cfg, seeds, counters, new, new_lp):
+        plain(step, cfg, seeds, counters, new, new_lp)
         stats["rounds"] += 1
-        for b, g in enumerate(generators):
-            i = row_of[g.initial_seed()]
-            made[i] += 1
-            if made[i] == targets[i] < max_new:
-                new[b] = eos
-            elif new[b] == eos:
-                new[b] = eos - 1
-        return torch.tensor(new, dtype=torch.long, device=logits.device)
+        tokens = new.tolist()
+        for b, (seed, made) in enumerate(zip(seeds.tolist(), counters.tolist())):
+            i = row_of.get(seed)
+            if i is None:  # a slot that never held a row, riding along in the decode batch
+                continue
+            if made + 1 == targets[i] < max_new:  # `made` tokens sampled before this one
+                tokens[b] = eos
+            elif tokens[b] == eos:
+                tokens[b] = eos - 1
+        new.copy_(torch.tensor(tokens, dtype=new.dtype, device=new.device))
 
-    engine.sample_rows = sample_rows
+    Generator._take = staticmethod(take)
     try:
         yield stats
     finally:
-        engine.sample_rows = plain
+        Generator._take = staticmethod(plain)
 
 
 class ForcedBook(torch.nn.Module):

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="comma-separated levels (default: all)")
     ap.add_argument("--n-train", type=int, default=40_000, help="training problems (default: %(default)s)")
     ap.add_argument("--n-test", type=int, default=500, help="test problems (default: %(default)s)")
+    ap.add_argument("--data-seed", type=int, default=0,
+                    help="seed of the problems, as prepare_data.toy.seed (default: %(default)s); the model's "
+                         "seeds are --model '{\"seed\": S}' and --train '{\"seed\": S}'")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     ap.add_argument("--out", type=Path, help="keep the model here (default: a temporary directory)")
     args = ap.parse_args(argv)
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, **json.loads(args.train)),
                               **json.loads(args.model))
     levels = tuple(int(x) for x in args.levels.split(","))
-    train, test = make_splits(args.n_train, args.n_test, seed=cfg.seed, levels=levels)
+    train, test = make_splits(args.n_train, args.n_test, seed=args.data_seed, levels=levels)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "base"
         t0 = time.perf_counter()

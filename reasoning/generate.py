@@ -10,15 +10,20 @@ Design choices:
   that only shrinks as its rows finish spends most steps nearly empty, answer lengths being heavy-
   tailed). Prompts admitted together are prefilled together (right-padded); n samples of one prompt
   admitted together share its prefill (its cache prefix is copied to their slots).
-- Each (prompt, sample) row draws its randomness from its own seeded `torch.Generator` by
-  inverse-CDF sampling, so the same seed gives the same sample whatever else is in the batch and
-  whenever the row was admitted.
+- Each (prompt, sample) row draws its randomness from its own counter-based stream (`seeds.uniforms`:
+  draw t of the row seeded sample_seed(prompt seed, j) is a hash of both), by inverse-CDF sampling,
+  so the same seed gives the same sample whatever else is in the batch and whenever the row was
+  admitted; and sampling is a tensor expression over the batch, run (and compiled) in the decode
+  step itself: no per-row generator calls between steps.
 - When nothing waits and the live rows fall to half the batch, they move to the first slots and
   the batch narrows, so finished rows stop costing compute while the batch width (and so the
   compiled graph) changes only log2(B) times.
 - Only the decode step is compiled (`compile=True`); prefill runs eagerly with large matmuls.
   Each step attends to the filled part of the static cache only (`kv_len`); under compile that
   length becomes a dynamic dimension after the first steps, so the graph is not rebuilt per token.
+  On CUDA the compiled step is captured as a CUDA graph (mode "reduce-overhead": one launch per
+  step instead of one per kernel, which bounds a small model's decode), and since a graph has fixed
+  shapes it attends to the whole cache, masked; one graph per batch width.
 - `matmul_dtype` picks the precision of the weight matmuls per phase. Which dtype is faster
   depends on the CPU and on the number of rows multiplied (a decode step multiplies B rows, a
   prefill B x L): bf16 halves the bytes read per token, which wins where matmuls are bound by
@@ -46,7 +51,7 @@ from torch import Tensor
 
 from .devices import DTYPES, checkpoint_dtype, default_device, peak_memory_bytes, rank_device, resolve_device
 from .model import Qwen3, linear_as
-from .seeds import sample_seed
+from .seeds import sample_seed, uniforms
 from .tokenizer import Tokenizer
 from .weights import load_model, model_id, resolve
 
@@ -112,37 +117,59 @@ StreamFn = Callable[[int, int, int], None]  # (prompt index, sample index, token
 NUCLEUS_PREFIX = 1024  # top_p alone looks for the nucleus among this many best tokens first
 
 
-def sample_rows(logits: Tensor, cfg: SamplingConfig, generators: Sequence[torch.Generator]) -> Tensor:
-    """One token per row from (B, V) fp32 logits; row b's randomness comes from generators[b].
+def sample_tokens(logits: Tensor, cfg: SamplingConfig, seeds: Tensor,
+                  counters: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One token per row of (B, V) fp32 logits, and its log-probability. Row b's randomness is draw
+    counters[b] of the stream seeded seeds[b] (seeds.uniforms; both (B,) int64 on the logits' device),
+    so a row's token depends on nothing else in the batch; the whole batch is one tensor expression
+    (no host sync), which the decode step compiles together with the model.
 
-    Filters work on the best candidates only (`topk`), not on a sort of the whole vocabulary:
-    top_k keeps k of them; top_p alone takes the NUCLEUS_PREFIX best, which hold the nucleus
-    whenever their mass reaches top_p (exact), and sorts the full vocabulary only otherwise.
+    Returns tokens (B,) int64; logprobs (B,) fp32, the model's own (temperature 1) log-probabilities
+    of the tokens; and short (B,) bool, rows that `sample_full` must draw again. Filters work on the
+    best candidates only (`topk`), not on a sort of the whole vocabulary: top_k keeps k of them;
+    top_p alone takes the NUCLEUS_PREFIX best, which hold the nucleus whenever their mass reaches
+    top_p; a row whose prefix holds less (a very flat distribution) is marked short.
     """
+    logp = torch.log_softmax(logits, -1)
+    short = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     if cfg.greedy:
-        return logits.argmax(-1)
-    # one uniform in (0, 1] per row: inverse-CDF sampling then never picks a zero-probability token
-    u = 1 - torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
-    logits = logits / cfg.temperature
-    V = logits.shape[-1]
-    ids = None  # candidate token ids, best first (None: the whole vocabulary, in id order)
-    if cfg.top_k or cfg.top_p < 1:
-        vals, ids = logits.topk(min(cfg.top_k or NUCLEUS_PREFIX, V), dim=-1)
-        # top_k renormalises over its k tokens; top_p alone needs the full distribution's mass
-        probs = vals.softmax(-1) if cfg.top_k else (vals - logits.logsumexp(-1, keepdim=True)).exp()
-        if cfg.top_p < 1:
-            mass = probs.cumsum(-1)
-            if not cfg.top_k and bool((mass[:, -1] < cfg.top_p).any()):
-                vals, ids = logits.sort(-1, descending=True)
-                probs = vals.softmax(-1)
-                mass = probs.cumsum(-1)
-            # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-            probs = probs.masked_fill(mass - probs >= cfg.top_p, 0.0)
+        tokens = logits.argmax(-1)
     else:
-        probs = logits.softmax(-1)
-    cdf = probs.cumsum(-1)  # CPU accumulates fp32 cumsums in double
-    target = u.to(cdf.dtype).to(cdf.device)[:, None] * cdf[:, -1:]  # cast on the host: MPS has no float64
-    pick = torch.searchsorted(cdf, target).clamp(max=cdf.shape[-1] - 1)  # first index with cdf >= target
+        scaled = logits / cfg.temperature
+        ids = None  # candidate token ids, best first (None: the whole vocabulary, in id order)
+        if cfg.top_k or cfg.top_p < 1:
+            vals, ids = scaled.topk(min(cfg.top_k or NUCLEUS_PREFIX, scaled.shape[-1]), dim=-1)
+            # top_k renormalises over its k tokens; top_p alone needs the full distribution's mass
+            probs = vals.softmax(-1) if cfg.top_k else (vals - scaled.logsumexp(-1, keepdim=True)).exp()
+            if not cfg.top_k:
+                short = probs.sum(-1) < cfg.top_p
+            probs = _nucleus(probs, cfg.top_p)
+        else:
+            probs = scaled.softmax(-1)
+        tokens = _draw(probs, ids, uniforms(seeds, counters))
+    return tokens, logp.gather(-1, tokens[:, None])[:, 0], short
+
+
+def sample_full(logits: Tensor, cfg: SamplingConfig, seeds: Tensor, counters: Tensor) -> Tensor:
+    """sample_tokens' tokens for rows whose top_p nucleus is wider than NUCLEUS_PREFIX tokens: the
+    same draw, over the whole vocabulary sorted. (B, V) logits -> (B,) tokens."""
+    vals, ids = (logits / cfg.temperature).sort(-1, descending=True)
+    return _draw(_nucleus(vals.softmax(-1), cfg.top_p), ids, uniforms(seeds, counters))
+
+
+def _nucleus(probs: Tensor, top_p: float) -> Tensor:
+    """probs (best first) outside the smallest prefix whose mass reaches top_p set to 0 (the first
+    token always stays)."""
+    if top_p >= 1:
+        return probs
+    mass = probs.cumsum(-1)
+    return probs.masked_fill(mass - probs >= top_p, 0.0)
+
+
+def _draw(probs: Tensor, ids: Tensor | None, u: Tensor) -> Tensor:
+    """Inverse-CDF draw: the first candidate whose cumulative mass reaches u (in (0, 1]) of the total."""
+    cdf = probs.cumsum(-1)
+    pick = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:]).clamp(max=cdf.shape[-1] - 1)
     return (pick if ids is None else ids.gather(-1, pick))[:, 0]
 
 
@@ -223,7 +250,6 @@ class _Row:
     prompt: int
     sample: int
     length: int  # tokens in its cache slot: the prompt plus the tokens fed back so far
-    gen: torch.Generator  # its own random stream (sample_seed), so its draws do not depend on the batch
     completion: Completion = field(default_factory=Completion)
 
 
@@ -249,13 +275,22 @@ class Generator:
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
         self.model_id = model_id  # weights.model_id of the checkpoint, stored in every record
         self.matmul_dtype = matmul_dtype
-        self._decode = torch.compile(self._decode_step, fullgraph=True) if compile else self._decode_step
+        # On CUDA a compiled step is captured as a CUDA graph ("reduce-overhead"): a small model's
+        # decode step is otherwise bound by kernel launches. A graph needs fixed shapes, so there every
+        # step attends to the whole cache (masked) instead of its filled prefix.
+        cuda = model.device.type == "cuda"
+        self._fixed_shape = compile and cuda
+        self._decode = (torch.compile(self._decode_step, fullgraph=True, mode="reduce-overhead" if cuda else None)
+                        if compile else self._decode_step)
         self._active: torch.dtype | None = None  # the matmul dtype the model is set to (None: its own)
         self._rows: int | None = None  # the row count that dtype was chosen for
 
-    def _decode_step(self, tok: Tensor, pos: Tensor, kv_len: int) -> Tensor:
-        """(B, V) logits of one token per cache row 0..B-1: tok and pos are (B, 1)."""
-        return self.model(tok, pos, kv_len=kv_len)[:, -1]
+    def _decode_step(self, tok: Tensor, pos: Tensor, kv_len: int | None, seeds: Tensor, counters: Tensor,
+                     cfg: SamplingConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One decode step of cache rows 0..B-1 with its sampling: tok and pos (B, 1), seeds and counters
+        (B,). Returns sample_tokens' (tokens, logprobs, short) and the (B, V) logits (for short rows)."""
+        logits = self.model(tok, pos, kv_len=kv_len)[:, -1]
+        return (*sample_tokens(logits, cfg, seeds, counters), logits)
 
     def _use_matmul_dtype(self, rows: int) -> None:
         """Set the model's matmul dtype for a forward pass over `rows` rows (decided again only when
@@ -324,26 +359,27 @@ class Generator:
         done: dict[tuple[int, int], Completion] = {}
         rows: dict[int, _Row] = {}  # slot -> the sequence it holds
         free = list(range(capacity))  # free slots; the lowest is taken first, keeping the batch a prefix
-        tok = torch.zeros(capacity, 1, dtype=torch.long, device=device)  # the token each slot feeds next
-        pos = torch.zeros(capacity, 1, dtype=torch.long, device=device)  # ... and the position it goes to
-        logits = torch.empty(0)
+        slot_state = torch.zeros(5, capacity, dtype=torch.long, device=device)
+        # per slot: the token it feeds next, the position that goes to, its row's sample seed, the
+        # number of tokens its row has sampled (the draw counter), and its newest token
+        tok, pos, seed, count, new = slot_state[0, :, None], slot_state[1, :, None], *slot_state[2:]
+        new_lp = torch.zeros(capacity, device=device)
         width = 0  # slots 0..width-1 form the decode batch
         while rows or queue:
-            if rows:  # one decode step for the rows holding a sampled token
+            if rows:  # one decode step (with its sampling) for the rows holding a sampled token
                 self._use_matmul_dtype(width)
-                kv_len = max(r.length for r in rows.values())
-                logits = self._decode(tok[:width], pos[:width], kv_len)
+                kv_len = None if self._fixed_shape else max(r.length for r in rows.values())
+                step = self._decode(tok[:width], pos[:width], kv_len, seed[:width], count[:width], cfg)
+                self._take(step, cfg, seed[:width], count[:width], new[:width], new_lp[:width])
             if queue and free:
-                logits = self._admit(ids, queue, free, rows, logits, pos, seeds)
+                self._admit(ids, queue, free, rows, pos, seed, count, new, new_lp, seeds, cfg)
                 width = max(rows) + 1
             live = sorted(rows)
             live_t = torch.tensor(live, device=device)
-            live_logits = logits[live_t] if len(live) < logits.shape[0] else logits
-            new = sample_rows(live_logits, cfg, [rows[s].gen for s in live])
-            lp = torch.log_softmax(live_logits, -1).gather(-1, new[:, None])[:, 0]
-            tok[live_t, 0] = new
+            tok[live_t, 0] = new[live_t]
             pos[live_t, 0] += 1  # each sampled token goes one position after the last: its row's length
-            for s, t, logp in zip(live, new.tolist(), lp.tolist()):
+            count[live_t] += 1
+            for s, t, logp in zip(live, new[live_t].tolist(), new_lp[live_t].tolist()):
                 r = rows[s]
                 c = r.completion
                 c.tokens.append(t)
@@ -362,23 +398,40 @@ class Generator:
                 pos[s, 0] = 0  # a free slot rides along at position 0: finite, and overwritten on reuse
             free.sort()
             if rows and not queue and len(rows) <= width // 2:
-                width = self._compact(rows, free, tok, pos)  # nothing waits: let the batch shrink
+                width = self._compact(rows, free, slot_state)  # nothing waits: let the batch shrink
         return done
 
+    @staticmethod
+    def _take(step: tuple[Tensor, Tensor, Tensor, Tensor], cfg: SamplingConfig, seeds: Tensor,
+              counters: Tensor, new: Tensor, new_lp: Tensor) -> None:
+        """Store a sampling step's tokens and log-probs in `new`/`new_lp`, drawing the short rows again
+        over the whole vocabulary (sample_full; only top_p alone can leave any)."""
+        tokens, logp, short, logits = step
+        new.copy_(tokens)
+        new_lp.copy_(logp)
+        if cfg.top_p < 1 and not cfg.top_k and bool(short.any()):
+            idx = short.nonzero()[:, 0]
+            new[idx] = sample_full(logits[idx], cfg, seeds[idx], counters[idx])
+            new_lp[idx] = torch.log_softmax(logits[idx], -1).gather(-1, new[idx, None])[:, 0]
+
     def _admit(self, ids: list[list[int]], queue: deque[tuple[int, int]], free: list[int],
-               rows: dict[int, _Row], logits: Tensor, pos: Tensor, seeds: list[int]) -> Tensor:
+               rows: dict[int, _Row], pos: Tensor, seed: Tensor, count: Tensor, new: Tensor, new_lp: Tensor,
+               seeds: list[int], cfg: SamplingConfig) -> None:
         """Take waiting (prompt, sample)s into the free slots: each prompt is prefilled once, into its
         first slot (prompts right-padded together), and its other samples' slots get a copy of that
-        prefix. Returns `logits` with the new slots' rows set to their prompts' next-token logits;
-        sets each new slot's `pos` to its prompt's last position (the first sampled token goes after it)."""
+        prefix. Each new slot's first token is sampled from its prompt's last logits into `new`/`new_lp`;
+        its `pos` is set to its prompt's last position (the first sampled token goes after it), its
+        seed and draw counter (0) likewise."""
         model, device = self.model, self.model.device
         groups: dict[int, list[int]] = {}  # prompt -> its newly taken slots
+        taken, row_seeds = [], []
         while queue and free:
             i, j = queue.popleft()
             s = free.pop(0)
             groups.setdefault(i, []).append(s)
-            rows[s] = _Row(i, j, len(ids[i]), torch.Generator().manual_seed(sample_seed(seeds[i], j)))
-            pos[s, 0] = len(ids[i]) - 1
+            rows[s] = _Row(i, j, len(ids[i]))
+            taken.append(s)
+            row_seeds.append(sample_seed(seeds[i], j))
         prompts = list(groups)
         L = max(len(ids[i]) for i in prompts)
         idx = torch.full((len(prompts), L), self.tokenizer.pad_id, dtype=torch.long)
@@ -393,17 +446,22 @@ class Generator:
         if dst:
             for cache in model.kv_caches():
                 cache.copy_rows(torch.tensor(src, device=device), torch.tensor(dst, device=device), L)
-        width = max(max(rows) + 1, logits.shape[0])
-        if logits.shape[0] < width:  # the batch grew: room for the new rows
-            logits = torch.cat([logits, logits.new_empty(width - logits.shape[0], fresh.shape[-1])]) \
-                if logits.numel() else fresh.new_empty(width, fresh.shape[-1])
-        for r, i in enumerate(prompts):
-            logits[torch.tensor(groups[i], device=device)] = fresh[r]
-        return logits
+        # the slots in `taken` order hold (prompt, sample)s queued prompt by prompt: a prompt's fresh
+        # logits repeat for its samples
+        order = {s: r for r, i in enumerate(prompts) for s in groups[i]}
+        slots = torch.tensor(taken, device=device)
+        pos[slots, 0] = torch.tensor([len(ids[rows[s].prompt]) - 1 for s in taken], device=device)
+        seed[slots] = torch.tensor(row_seeds, device=device)
+        count[slots] = 0
+        logits = fresh[torch.tensor([order[s] for s in taken], device=device)]
+        taken_new, taken_lp = new[slots], new_lp[slots]  # (copies: advanced indexing)
+        self._take((*sample_tokens(logits, cfg, seed[slots], count[slots]), logits), cfg, seed[slots],
+                   count[slots], taken_new, taken_lp)
+        new[slots], new_lp[slots] = taken_new, taken_lp
 
-    def _compact(self, rows: dict[int, _Row], free: list[int], tok: Tensor, pos: Tensor) -> int:
-        """Move the live rows into slots 0..k-1 (their cache prefixes copied in place) so the decode
-        batch shrinks to k rows. Returns k."""
+    def _compact(self, rows: dict[int, _Row], free: list[int], slot_state: Tensor) -> int:
+        """Move the live rows into slots 0..k-1 (their cache prefixes and per-slot state copied in
+        place) so the decode batch shrinks to k rows. Returns k."""
         device = self.model.device
         live = sorted(rows)
         k = len(live)
@@ -414,11 +472,11 @@ class Generator:
             length = max(rows[s].length for s, _ in moving)
             for cache in self.model.kv_caches():
                 cache.copy_rows(src, dst, length)
-            tok[dst], pos[dst] = tok[src], pos[src]
+            slot_state[:, dst] = slot_state[:, src]
             for s, d in moving:
                 rows[d] = rows.pop(s)
-        free[:] = [s for s in range(len(tok)) if s not in rows]
-        pos[k:] = 0
+        free[:] = [s for s in range(slot_state.shape[1]) if s not in rows]
+        slot_state[1, k:] = 0  # free slots ride along at position 0
         return k
 
     def _hit_stop_string(self, c: Completion, cfg: SamplingConfig, max_stop: int) -> bool:

@@ -16,7 +16,8 @@ Design choices:
   not depend on what else is in the batch.
 - Decode attends only to the filled prefix of the cache (`kv_len`), and grouped-query attention
   shares each K/V head with its query heads inside SDPA (`enable_gqa`) instead of copying the
-  cache `n_heads / n_kv_heads` times per step: both costs grow with the context.
+  cache `n_heads / n_kv_heads` times per step: both costs grow with the context. `kv_len=None`
+  attends to the whole cache, masked: fixed shapes, which a CUDA graph needs (generate.py).
 - The weights stay in the model's dtype (fp32: exact, the training copy); `set_matmul_dtype`
   makes the Linear layers multiply by cached copies in another dtype (bf16, or weight-only int8
   with per-channel scales), so generation reads fewer bytes per token where that is faster on

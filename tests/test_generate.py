@@ -10,7 +10,7 @@ import torch
 from reasoning import generate as generate_module
 from reasoning.devices import checkpoint_dtype
 from reasoning.generate import (NUCLEUS_PREFIX, Completion, Generator, SamplingConfig,
-                                TextStream, fastest_matmul_dtype, main, sample_rows)
+                                TextStream, fastest_matmul_dtype, main, sample_full, sample_tokens)
 from reasoning.model import Qwen3
 from reasoning.prompts import PromptConfig, render
 from reasoning.tokenizer import Tokenizer
@@ -80,26 +80,50 @@ def test_seeds_reproduce_samples_whatever_the_batch(gen):
     assert [c.tokens for c in other[0]] != [c.tokens for c in alone]
 
 
+def draw(logits, cfg, n=None):
+    """sample_tokens' tokens for each row, row b drawing from the stream seeded b (first draw), with the
+    short rows drawn again by sample_full, as the generator does."""
+    seeds = torch.arange(logits.shape[0])
+    counters = torch.zeros_like(seeds)
+    tokens, _, short = sample_tokens(logits, cfg, seeds, counters)
+    if short.any():
+        tokens[short] = sample_full(logits[short], cfg, seeds[short], counters[short])
+    return tokens
+
+
 def test_sampling_filters():
     logits = torch.tensor([[0.0, 3.0, 2.9, -1.0]] * 1000)
-    gens = [torch.Generator().manual_seed(i) for i in range(1000)]
-    top1 = sample_rows(logits, SamplingConfig(temperature=1.0, top_k=1), gens)
-    assert (top1 == 1).all()
-    top2 = sample_rows(logits, SamplingConfig(temperature=1.0, top_k=2), gens)
-    assert set(top2.tolist()) == {1, 2}
+    assert (draw(logits, SamplingConfig(temperature=1.0, top_k=1)) == 1).all()
+    assert set(draw(logits, SamplingConfig(temperature=1.0, top_k=2)).tolist()) == {1, 2}
     # p = (0.025, 0.507, 0.459, 0.009): top_p=0.5 keeps token 1 alone, 0.6 adds token 2
-    assert set(sample_rows(logits, SamplingConfig(temperature=1.0, top_p=0.5), gens).tolist()) == {1}
-    assert set(sample_rows(logits, SamplingConfig(temperature=1.0, top_p=0.6), gens).tolist()) == {1, 2}
-    full = sample_rows(logits, SamplingConfig(temperature=1.0), gens)
-    assert set(full.tolist()) == {0, 1, 2, 3}
-    assert (sample_rows(logits, SamplingConfig(), gens) == 1).all()  # greedy
+    assert set(draw(logits, SamplingConfig(temperature=1.0, top_p=0.5)).tolist()) == {1}
+    assert set(draw(logits, SamplingConfig(temperature=1.0, top_p=0.6)).tolist()) == {1, 2}
+    assert set(draw(logits, SamplingConfig(temperature=1.0)).tolist()) == {0, 1, 2, 3}
+    assert (draw(logits, SamplingConfig()) == 1).all()  # greedy
+
+
+def test_sampled_log_probs_are_the_models_own():
+    logits = torch.randn(64, 40, generator=torch.Generator().manual_seed(2)) * 3
+    seeds = torch.arange(64)
+    for cfg in (SamplingConfig(), SamplingConfig(temperature=0.5, top_p=0.9), SamplingConfig(temperature=2.0)):
+        tokens, logp, _ = sample_tokens(logits, cfg, seeds, torch.zeros_like(seeds))
+        expected = torch.log_softmax(logits, -1)[torch.arange(64), tokens]  # temperature 1, unfiltered
+        assert torch.allclose(logp, expected)
 
 
 def test_sampling_frequencies_follow_the_distribution():
     p = torch.tensor([0.1, 0.6, 0.3])
-    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
-    picks = sample_rows(p.log().expand(4000, 3), SamplingConfig(temperature=1.0), gens)
+    picks = draw(p.log().expand(4000, 3), SamplingConfig(temperature=1.0))
     assert (torch.bincount(picks, minlength=3) / 4000 - p).abs().max() < 0.03
+
+
+def test_one_rows_successive_draws_follow_the_distribution():
+    """Draws 0..3999 of one stream (one row decoding 4,000 tokens), not 4,000 streams' first draws."""
+    p = torch.tensor([0.1, 0.6, 0.3])
+    seeds = torch.full((4000,), 12345)
+    tokens, _, _ = sample_tokens(p.log().expand(4000, 3), SamplingConfig(temperature=1.0), seeds,
+                                 torch.arange(4000))
+    assert (torch.bincount(tokens, minlength=3) / 4000 - p).abs().max() < 0.03
 
 
 def test_top_p_nucleus_wider_than_the_candidate_prefix():
@@ -110,11 +134,26 @@ def test_top_p_nucleus_wider_than_the_candidate_prefix():
     sorted_p, order = probs.sort(descending=True)
     nucleus = set(order[(sorted_p.cumsum(0) - sorted_p) < 0.6].tolist())  # reference: full sort
     assert len(nucleus) > 1.5 * NUCLEUS_PREFIX
-    gens = [torch.Generator().manual_seed(i) for i in range(500)]
-    picks = sample_rows(logits.expand(500, V), SamplingConfig(temperature=1.0, top_p=0.6), gens).tolist()
+    cfg = SamplingConfig(temperature=1.0, top_p=0.6)
+    seeds = torch.arange(500)
+    _, _, short = sample_tokens(logits.expand(500, V), cfg, seeds, torch.zeros_like(seeds))
+    assert short.all()  # the prefix cannot hold this nucleus: every row is drawn again
+    picks = draw(logits.expand(500, V), cfg).tolist()
     assert set(picks) <= nucleus
     rank = {t: r for r, t in enumerate(order.tolist())}
     assert max(rank[t] for t in picks) >= NUCLEUS_PREFIX  # the tail beyond the prefix is reachable
+
+
+def test_a_row_draws_the_same_token_whether_its_batch_mates_need_the_full_sort():
+    """Only the row whose nucleus is too wide is drawn by the full sort, not its whole batch: a row's
+    token never depends on its batch mates."""
+    V = 4 * NUCLEUS_PREFIX
+    flat = torch.linspace(0.0, -1.0, V)
+    peaked = torch.randn(V, generator=torch.Generator().manual_seed(1)) * 8
+    cfg = SamplingConfig(temperature=1.0, top_p=0.9)
+    alone = draw(peaked[None].expand(50, V), cfg)
+    mixed = draw(torch.stack([peaked] * 50 + [flat]), cfg)
+    assert mixed[:50].tolist() == alone.tolist()
 
 
 @pytest.mark.parametrize("matmul_dtype", ["bfloat16", "int8"])
@@ -190,9 +229,11 @@ def test_stop_strings_and_streaming(gen):
 def test_compiled_decode_equals_eager_and_does_not_recompile_per_token(tiny_ckpt, gen):
     from torch._dynamo.utils import counters
     compiled = Generator(load_model(tiny_ckpt), Tokenizer(tiny_ckpt), compile=True, batch_size=16)
-    cfg = SamplingConfig(max_new_tokens=12)
-    assert [[c.tokens for c in p] for p in compiled.generate(PROMPTS, cfg)] == \
-           [[c.tokens for c in p] for p in gen.generate(PROMPTS, cfg)]
+    for cfg in (SamplingConfig(max_new_tokens=12), SamplingConfig(max_new_tokens=12, temperature=0.8, top_p=0.9)):
+        # sampling runs inside the compiled step: the same draws, so the same tokens
+        assert [[c.tokens for c in p] for p in compiled.generate(PROMPTS, cfg, n=2)] == \
+               [[c.tokens for c in p] for p in gen.generate(PROMPTS, cfg, n=2)]
+    compiled.generate(PROMPTS, SamplingConfig(max_new_tokens=12))
     graphs = counters["stats"]["unique_graphs"]
     compiled.generate(PROMPTS, SamplingConfig(max_new_tokens=24))  # new positions, same cache shape
     assert counters["stats"]["unique_graphs"] == graphs
@@ -296,10 +337,9 @@ def test_impossible_sampling_settings_are_refused_naming_the_field(field, value)
 def test_a_tiny_temperature_decodes_greedily(temperature):
     """Its limit is argmax; logits / 1e-38 overflowed to inf and every row took the last id."""
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 5
-    gens = [torch.Generator().manual_seed(i) for i in range(6)]
     cfg = SamplingConfig(temperature=temperature)
     assert cfg.greedy
-    assert sample_rows(logits, cfg, gens).tolist() == logits.argmax(-1).tolist()
+    assert draw(logits, cfg).tolist() == logits.argmax(-1).tolist()
     assert not SamplingConfig(temperature=1e-3).greedy  # small but real temperatures still sample
 
 
@@ -352,12 +392,13 @@ def test_a_finished_row_s_slot_is_refilled_at_once(small_batch, monkeypatch):
     seeds = list(range(len(MIXED)))
     widths: list[int] = []
     decode = small_batch._decode
-    monkeypatch.setattr(small_batch, "_decode", lambda tok, pos, kv_len: (widths.append(len(tok)), decode(tok, pos, kv_len))[1])
+    monkeypatch.setattr(small_batch, "_decode", lambda tok, *args: (widths.append(len(tok)), decode(tok, *args))[1])
     out = small_batch.generate(MIXED, cfg, seeds=seeds)
-    lengths = sorted(len(c.tokens) for [c] in out)
-    # decode steps of static batches of 3 (each runs as long as its longest row), whatever their order
-    static = min(sum(max(chunk) - 1 for chunk in (order[i:i + 3] for i in range(0, len(order), 3)))
-                 for order in (lengths, lengths[::-1]))
+    lengths = [len(c.tokens) for [c] in out]
+    # decode steps of static batches of 3 (each runs as long as its longest row) taking the prompts in
+    # the same order, shortest prompt first (as this engine did before continuous batching)
+    order = [lengths[i] for i in sorted(range(len(MIXED)), key=lambda i: len(small_batch.tokenizer.encode(MIXED[i])))]
+    static = sum(max(chunk) - 1 for chunk in (order[i:i + 3] for i in range(0, len(order), 3)))
     assert len(widths) < static
     assert sum(widths) >= sum(lengths) - len(lengths)  # every generated token after the first is a decode row
     assert widths[:len(widths) // 2] == [3] * (len(widths) // 2)  # the first half: always full

@@ -86,7 +86,8 @@ def test_killed_run_resumes_to_the_same_model_and_outputs(world, tiny_ckpt, monk
     straight = stage.main(args(world, "straight", tiny_ckpt))
     out = world / "straight"
     assert straight["steps"] == 4 and straight["n"] == 4 and straight["resumed_from"] == 0
-    assert straight["reward_last_tenth"] > straight["reward_first_tenth"]  # it learned the reward
+    # (That GRPO learns its reward is test_grpo's test_grpo_step_raises_a_rewarded_behaviour, over 30
+    # steps: in these 4 the reward's change is noise, up or down by the seed.)
     assert (straight["grader"], straight["grader_version"]) == (GRADER_NAME, GRADER_VERSION)
     meta = read_json(out / "model" / "metadata.json")
     assert meta["prompt"] == dataclasses.asdict(PromptConfig(cot_suffix=COT_SUFFIX))
