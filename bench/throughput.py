@@ -200,19 +200,19 @@ def forced_ours(targets: Sequence[int], max_new: int, eos: int) -> Iterator[dict
         raise RuntimeError("two rows share a sample seed: rows cannot be told apart")
     stats, plain = {"rounds": 0}, Generator._take
 
-    def take(step, cfg, seeds, counters, new, new_lp):
-        plain(step, cfg, seeds, counters, new, new_lp)
+    def take(step, cfg, seeds, counters):
+        tokens, logp = plain(step, cfg, seeds, counters)
         stats["rounds"] += 1
-        tokens = new.tolist()
+        forced = tokens.tolist()
         for b, (seed, made) in enumerate(zip(seeds.tolist(), counters.tolist())):
             i = row_of.get(seed)
             if i is None:  # a slot that never held a row, riding along in the decode batch
                 continue
             if made + 1 == targets[i] < max_new:  # `made` tokens sampled before this one
-                tokens[b] = eos
-            elif tokens[b] == eos:
-                tokens[b] = eos - 1
-        new.copy_(torch.tensor(tokens, dtype=new.dtype, device=new.device))
+                forced[b] = eos
+            elif forced[b] == eos:
+                forced[b] = eos - 1
+        return torch.tensor(forced, dtype=tokens.dtype, device=tokens.device), logp
 
     Generator._take = staticmethod(take)
     try:

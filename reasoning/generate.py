@@ -359,20 +359,22 @@ class Generator:
         done: dict[tuple[int, int], Completion] = {}
         rows: dict[int, _Row] = {}  # slot -> the sequence it holds
         free = list(range(capacity))  # free slots; the lowest is taken first, keeping the batch a prefix
-        slot_state = torch.zeros(5, capacity, dtype=torch.long, device=device)
-        # per slot: the token it feeds next, the position that goes to, its row's sample seed, the
-        # number of tokens its row has sampled (the draw counter), and its newest token
-        tok, pos, seed, count, new = slot_state[0, :, None], slot_state[1, :, None], *slot_state[2:]
-        new_lp = torch.zeros(capacity, device=device)
+        # What moves with a row when the batch is compacted, per slot: the token it feeds next, the
+        # position that goes to, its row's sample seed and the number of tokens its row has sampled
+        # (the draw counter).
+        slot_state = torch.zeros(4, capacity, dtype=torch.long, device=device)
+        tok, pos, seed, count = slot_state[0, :, None], slot_state[1, :, None], slot_state[2], slot_state[3]
+        new = torch.zeros(capacity, dtype=torch.long, device=device)  # each slot's token of this step
+        new_lp = torch.zeros(capacity, device=device)  # ... and its log-probability
         width = 0  # slots 0..width-1 form the decode batch
         while rows or queue:
             if rows:  # one decode step (with its sampling) for the rows holding a sampled token
                 self._use_matmul_dtype(width)
                 kv_len = None if self._fixed_shape else max(r.length for r in rows.values())
                 step = self._decode(tok[:width], pos[:width], kv_len, seed[:width], count[:width], cfg)
-                self._take(step, cfg, seed[:width], count[:width], new[:width], new_lp[:width])
+                new[:width], new_lp[:width] = self._take(step, cfg, seed[:width], count[:width])
             if queue and free:
-                self._admit(ids, queue, free, rows, pos, seed, count, new, new_lp, seeds, cfg)
+                self._admit(ids, queue, free, rows, slot_state, new, new_lp, seeds, cfg)
                 width = max(rows) + 1
             live = sorted(rows)
             live_t = torch.tensor(live, device=device)
@@ -403,35 +405,32 @@ class Generator:
 
     @staticmethod
     def _take(step: tuple[Tensor, Tensor, Tensor, Tensor], cfg: SamplingConfig, seeds: Tensor,
-              counters: Tensor, new: Tensor, new_lp: Tensor) -> None:
-        """Store a sampling step's tokens and log-probs in `new`/`new_lp`, drawing the short rows again
-        over the whole vocabulary (sample_full; only top_p alone can leave any)."""
+              counters: Tensor) -> tuple[Tensor, Tensor]:
+        """A sampling step's (tokens, log-probs), its short rows drawn again over the whole vocabulary
+        (sample_full; only top_p alone can leave any). Runs outside the compiled step."""
         tokens, logp, short, logits = step
-        new.copy_(tokens)
-        new_lp.copy_(logp)
         if cfg.top_p < 1 and not cfg.top_k and bool(short.any()):
             idx = short.nonzero()[:, 0]
-            new[idx] = sample_full(logits[idx], cfg, seeds[idx], counters[idx])
-            new_lp[idx] = torch.log_softmax(logits[idx], -1).gather(-1, new[idx, None])[:, 0]
+            tokens, logp = tokens.clone(), logp.clone()  # a CUDA graph's outputs are its own buffers
+            tokens[idx] = sample_full(logits[idx], cfg, seeds[idx], counters[idx])
+            logp[idx] = torch.log_softmax(logits[idx], -1).gather(-1, tokens[idx, None])[:, 0]
+        return tokens, logp
 
     def _admit(self, ids: list[list[int]], queue: deque[tuple[int, int]], free: list[int],
-               rows: dict[int, _Row], pos: Tensor, seed: Tensor, count: Tensor, new: Tensor, new_lp: Tensor,
-               seeds: list[int], cfg: SamplingConfig) -> None:
+               rows: dict[int, _Row], slot_state: Tensor, new: Tensor, new_lp: Tensor, seeds: list[int],
+               cfg: SamplingConfig) -> None:
         """Take waiting (prompt, sample)s into the free slots: each prompt is prefilled once, into its
         first slot (prompts right-padded together), and its other samples' slots get a copy of that
         prefix. Each new slot's first token is sampled from its prompt's last logits into `new`/`new_lp`;
-        its `pos` is set to its prompt's last position (the first sampled token goes after it), its
-        seed and draw counter (0) likewise."""
+        its `slot_state` (see _run) gets its prompt's last position (the first sampled token goes after
+        it), its row's sample seed and a draw counter of 0."""
         model, device = self.model, self.model.device
         groups: dict[int, list[int]] = {}  # prompt -> its newly taken slots
-        taken, row_seeds = [], []
         while queue and free:
             i, j = queue.popleft()
             s = free.pop(0)
             groups.setdefault(i, []).append(s)
             rows[s] = _Row(i, j, len(ids[i]))
-            taken.append(s)
-            row_seeds.append(sample_seed(seeds[i], j))
         prompts = list(groups)
         L = max(len(ids[i]) for i in prompts)
         idx = torch.full((len(prompts), L), self.tokenizer.pad_id, dtype=torch.long)
@@ -446,18 +445,17 @@ class Generator:
         if dst:
             for cache in model.kv_caches():
                 cache.copy_rows(torch.tensor(src, device=device), torch.tensor(dst, device=device), L)
-        # the slots in `taken` order hold (prompt, sample)s queued prompt by prompt: a prompt's fresh
-        # logits repeat for its samples
-        order = {s: r for r, i in enumerate(prompts) for s in groups[i]}
+        taken = [s for i in prompts for s in groups[i]]
         slots = torch.tensor(taken, device=device)
-        pos[slots, 0] = torch.tensor([len(ids[rows[s].prompt]) - 1 for s in taken], device=device)
-        seed[slots] = torch.tensor(row_seeds, device=device)
+        _, pos, seed, count = slot_state
+        pos[slots] = torch.tensor([len(ids[rows[s].prompt]) - 1 for s in taken], device=device)
+        seed[slots] = torch.tensor([sample_seed(seeds[rows[s].prompt], rows[s].sample) for s in taken],
+                                   device=device)
         count[slots] = 0
-        logits = fresh[torch.tensor([order[s] for s in taken], device=device)]
-        taken_new, taken_lp = new[slots], new_lp[slots]  # (copies: advanced indexing)
-        self._take((*sample_tokens(logits, cfg, seed[slots], count[slots]), logits), cfg, seed[slots],
-                   count[slots], taken_new, taken_lp)
-        new[slots], new_lp[slots] = taken_new, taken_lp
+        # each new slot samples from its prompt's fresh logits
+        logits = fresh[torch.tensor([r for r, i in enumerate(prompts) for _ in groups[i]], device=device)]
+        step = (*sample_tokens(logits, cfg, seed[slots], count[slots]), logits)
+        new[slots], new_lp[slots] = self._take(step, cfg, seed[slots], count[slots])
 
     def _compact(self, rows: dict[int, _Row], free: list[int], slot_state: Tensor) -> int:
         """Move the live rows into slots 0..k-1 (their cache prefixes and per-slot state copied in
