@@ -114,6 +114,9 @@ class Completion:
 StreamFn = Callable[[int, int, int], None]  # (prompt index, sample index, token id)
 
 
+RECOMPILE_LIMIT = 64  # graphs of the compiled decode step a process may build (see Generator)
+
+
 NUCLEUS_PREFIX = 1024  # top_p alone looks for the nucleus among this many best tokens first
 
 
@@ -130,20 +133,30 @@ def sample_tokens(logits: Tensor, cfg: SamplingConfig, seeds: Tensor,
     top_p alone takes the NUCLEUS_PREFIX best, which hold the nucleus whenever their mass reaches
     top_p; a row whose prefix holds less (a very flat distribution) is marked short.
     """
+    return _sample(logits, seeds, counters, cfg.greedy, cfg.top_k, cfg.top_p < 1, cfg.temperature, cfg.top_p)
+
+
+def _sample(logits: Tensor, seeds: Tensor, counters: Tensor, greedy: bool, top_k: int, nucleus: bool,
+            temperature: float | Tensor, top_p: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """sample_tokens with the sampling settings split in two: what picks the computation (greedy,
+    top_k, nucleus: whether top_p < 1) and the values it computes with (temperature, top_p). The
+    compiled decode step passes the values as 0-d tensors, so one graph serves every temperature and
+    top_p (as Python floats, or fields of a config, each value would compile a graph of its own)."""
     logp = torch.log_softmax(logits, -1)
     short = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-    if cfg.greedy:
+    if greedy:
         tokens = logits.argmax(-1)
     else:
-        scaled = logits / cfg.temperature
+        scaled = logits / temperature
         ids = None  # candidate token ids, best first (None: the whole vocabulary, in id order)
-        if cfg.top_k or cfg.top_p < 1:
-            vals, ids = scaled.topk(min(cfg.top_k or NUCLEUS_PREFIX, scaled.shape[-1]), dim=-1)
+        if top_k or nucleus:
+            vals, ids = scaled.topk(min(top_k or NUCLEUS_PREFIX, scaled.shape[-1]), dim=-1)
             # top_k renormalises over its k tokens; top_p alone needs the full distribution's mass
-            probs = vals.softmax(-1) if cfg.top_k else (vals - scaled.logsumexp(-1, keepdim=True)).exp()
-            if not cfg.top_k:
-                short = probs.sum(-1) < cfg.top_p
-            probs = _nucleus(probs, cfg.top_p)
+            probs = vals.softmax(-1) if top_k else (vals - scaled.logsumexp(-1, keepdim=True)).exp()
+            if not top_k:
+                short = probs.sum(-1) < top_p
+            if nucleus:
+                probs = _cut_nucleus(probs, top_p)
         else:
             probs = scaled.softmax(-1)
         tokens = _draw(probs, ids, uniforms(seeds, counters))
@@ -160,8 +173,10 @@ def sample_full(logits: Tensor, cfg: SamplingConfig, seeds: Tensor, counters: Te
 def _nucleus(probs: Tensor, top_p: float) -> Tensor:
     """probs (best first) outside the smallest prefix whose mass reaches top_p set to 0 (the first
     token always stays)."""
-    if top_p >= 1:
-        return probs
+    return probs if top_p >= 1 else _cut_nucleus(probs, top_p)
+
+
+def _cut_nucleus(probs: Tensor, top_p: float | Tensor) -> Tensor:
     mass = probs.cumsum(-1)
     return probs.masked_fill(mass - probs >= top_p, 0.0)
 
@@ -280,17 +295,28 @@ class Generator:
         # step attends to the whole cache (masked) instead of its filled prefix.
         cuda = model.device.type == "cuda"
         self._fixed_shape = compile and cuda
-        self._decode = (torch.compile(self._decode_step, fullgraph=True, mode="reduce-overhead" if cuda else None)
+        self._compiled = compile
+        self._context = 0  # compiled: the cache's positions, the longest context a call has needed (see _run)
+        if compile:
+            # Graphs: one per batch width on CUDA (fixed shapes: log2(batch_size) + 1 of them), one for
+            # width 1 and one for wider on CPU (sizes and kv_len symbolic from the start), each per
+            # sampling mode (greedy, plain, top-k, top-p); dynamo's default limit of 8 would end a run
+            # (fullgraph=True makes the limit an error) where every graph is legitimate.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        self._decode = (torch.compile(self._decode_step, fullgraph=True, dynamic=None if cuda else True,
+                                      mode="reduce-overhead" if cuda else None)
                         if compile else self._decode_step)
         self._active: torch.dtype | None = None  # the matmul dtype the model is set to (None: its own)
         self._rows: int | None = None  # the row count that dtype was chosen for
 
     def _decode_step(self, tok: Tensor, pos: Tensor, kv_len: int | None, seeds: Tensor, counters: Tensor,
-                     cfg: SamplingConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     mode: tuple[bool, int, bool], values: tuple[Tensor, Tensor]
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One decode step of cache rows 0..B-1 with its sampling: tok and pos (B, 1), seeds and counters
-        (B,). Returns sample_tokens' (tokens, logprobs, short) and the (B, V) logits (for short rows)."""
+        (B,); mode (greedy, top_k, nucleus) and values (temperature, top_p), 0-d tensors, as _sample
+        takes them. Returns sample_tokens' (tokens, logprobs, short) and the (B, V) logits (for short rows)."""
         logits = self.model(tok, pos, kv_len=kv_len)[:, -1]
-        return (*sample_tokens(logits, cfg, seeds, counters), logits)
+        return (*_sample(logits, seeds, counters, *mode, *values), logits)
 
     def _use_matmul_dtype(self, rows: int) -> None:
         """Set the model's matmul dtype for a forward pass over `rows` rows (decided again only when
@@ -353,7 +379,13 @@ class Generator:
         model, device = self.model, self.model.device
         capacity = min(self.batch_size, len(queue))
         longest = max(len(ids[i]) for i, _ in queue) + cfg.max_new_tokens
-        model.setup_caches(capacity, -(-longest // 64) * 64)  # round up: nearby lengths keep the cache
+        context = min(-(-longest // 64) * 64, model.config.max_position_embeddings)  # nearby lengths: one shape
+        if self._compiled:
+            # One cache shape across calls: all the generator's slots and the longest context any call has
+            # needed, so the compiled step sees the same cache tensors whatever the call (a call with fewer
+            # rows uses the first slots). Eager steps let a call reshape the storage, e.g. to one long row.
+            self._context = context = max(self._context, context)
+        model.setup_caches(self.batch_size if self._compiled else capacity, context)
         stop_ids = set(self.tokenizer.stop_ids)
         max_stop = max((len(s) for s in cfg.stop_strings), default=0)
         done: dict[tuple[int, int], Completion] = {}
@@ -362,16 +394,20 @@ class Generator:
         # What moves with a row when the batch is compacted, per slot: the token it feeds next, the
         # position that goes to, its row's sample seed and the number of tokens its row has sampled
         # (the draw counter).
-        slot_state = torch.zeros(4, capacity, dtype=torch.long, device=device)
+        # Sized for all the generator's slots, like the cache, whatever this call uses: the decode step's
+        # inputs are views of it, and a compiled step is guarded on their storage offsets too.
+        slot_state = torch.zeros(4, self.batch_size, dtype=torch.long, device=device)
         tok, pos, seed, count = slot_state[0, :, None], slot_state[1, :, None], slot_state[2], slot_state[3]
-        new = torch.zeros(capacity, dtype=torch.long, device=device)  # each slot's token of this step
-        new_lp = torch.zeros(capacity, device=device)  # ... and its log-probability
+        new = torch.zeros(self.batch_size, dtype=torch.long, device=device)  # each slot's token of this step
+        new_lp = torch.zeros(self.batch_size, device=device)  # ... and its log-probability
+        mode = (cfg.greedy, cfg.top_k, cfg.top_p < 1)  # what the step computes, and with which values:
+        values = (torch.tensor(cfg.temperature, device=device), torch.tensor(cfg.top_p, device=device))
         width = 0  # slots 0..width-1 form the decode batch
         while rows or queue:
             if rows:  # one decode step (with its sampling) for the rows holding a sampled token
                 self._use_matmul_dtype(width)
                 kv_len = None if self._fixed_shape else max(r.length for r in rows.values())
-                step = self._decode(tok[:width], pos[:width], kv_len, seed[:width], count[:width], cfg)
+                step = self._decode(tok[:width], pos[:width], kv_len, seed[:width], count[:width], mode, values)
                 new[:width], new_lp[:width] = self._take(step, cfg, seed[:width], count[:width])
             if queue and free:
                 self._admit(ids, queue, free, rows, slot_state, new, new_lp, seeds, cfg)

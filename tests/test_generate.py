@@ -239,6 +239,27 @@ def test_compiled_decode_equals_eager_and_does_not_recompile_per_token(tiny_ckpt
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+@pytest.mark.slow
+def test_compiled_decode_serves_a_grid_of_settings_within_a_few_graphs(tiny_ckpt, gen):
+    """What inference_scaling asks of one generator: greedy, several temperatures, top-p, other answer
+    lengths, one prompt or many, n samples. Dynamo's default limit is 8 graphs per function (an error
+    under fullgraph): every call here must reuse the cache tensors and treat the temperature as a symbol,
+    so the whole grid stays within 8 graphs, with the eager generator's tokens."""
+    from torch._dynamo.utils import counters
+    compiled = Generator(load_model(tiny_ckpt), Tokenizer(tiny_ckpt), compile=True, batch_size=8)
+    before = counters["stats"]["unique_graphs"]
+    grid = [(PROMPTS, SamplingConfig(max_new_tokens=16), 1), (PROMPTS[:1], SamplingConfig(max_new_tokens=20), 1)]
+    for k, t in enumerate((0.3, 0.5, 0.7, 0.9, 1.1, 1.3)):  # greedy between sampled settings, as a grid runs them
+        grid += [(PROMPTS[:1 + k % 3], SamplingConfig(max_new_tokens=8 + 4 * k, temperature=t), 1 + k % 2),
+                 (PROMPTS[k % 3:], SamplingConfig(max_new_tokens=6 + k), 1 + k % 3)]
+    grid += [(PROMPTS, SamplingConfig(max_new_tokens=8, temperature=0.7, top_p=0.9), 3),
+             (PROMPTS[1:], SamplingConfig(max_new_tokens=12, temperature=1.0, top_p=0.8), 1)]
+    for prompts, cfg, n in grid:
+        assert [[c.tokens for c in p] for p in compiled.generate(prompts, cfg, n=n, seeds=[3, 4, 5][:len(prompts)])] \
+               == [[c.tokens for c in p] for p in gen.generate(prompts, cfg, n=n, seeds=[3, 4, 5][:len(prompts)])]
+    assert counters["stats"]["unique_graphs"] - before <= 8
+
+
 def test_bad_input_is_refused(gen):
     with pytest.raises(ValueError, match="empty prompt"):
         gen.generate([[]])
