@@ -23,7 +23,9 @@ Design choices:
   length becomes a dynamic dimension after the first steps, so the graph is not rebuilt per token.
   On CUDA the compiled step is captured as a CUDA graph (mode "reduce-overhead": one launch per
   step instead of one per kernel, which bounds a small model's decode), and since a graph has fixed
-  shapes it attends to the whole cache, masked; one graph per batch width.
+  shapes it attends to the whole cache, masked; one graph per batch width. The temperature and top_p
+  enter the compiled step as 0-d tensors and the cache keeps one shape across calls, so a whole grid
+  of sampling settings shares a few graphs (one per sampling mode: greedy, plain, top-k, top-p).
 - `matmul_dtype` picks the precision of the weight matmuls per phase. Which dtype is faster
   depends on the CPU and on the number of rows multiplied (a decode step multiplies B rows, a
   prefill B x L): bf16 halves the bytes read per token, which wins where matmuls are bound by
@@ -298,12 +300,13 @@ class Generator:
         self._compiled = compile
         self._context = 0  # compiled: the cache's positions, the longest context a call has needed (see _run)
         if compile:
-            # Graphs: one per batch width on CUDA (fixed shapes: log2(batch_size) + 1 of them), one for
-            # width 1 and one for wider on CPU (sizes and kv_len symbolic from the start), each per
-            # sampling mode (greedy, plain, top-k, top-p); dynamo's default limit of 8 would end a run
-            # (fullgraph=True makes the limit an error) where every graph is legitimate.
+            # Graphs: one per batch width on CUDA (fixed shapes: log2(batch_size) + 1 of them); on CPU a
+            # few (a static first, then sizes and kv_len made dynamic, width 1 apart), each per sampling
+            # mode (greedy, plain, top-k, top-p). Dynamo's default limit of 8 would end a run (fullgraph=True
+            # makes the limit an error) where every graph is legitimate. dynamic=True from the start
+            # measured slower on CPU than letting dynamo mark what changes (92 s against 70 s, toy SC@16).
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        self._decode = (torch.compile(self._decode_step, fullgraph=True, dynamic=None if cuda else True,
+        self._decode = (torch.compile(self._decode_step, fullgraph=True, dynamic=None,
                                       mode="reduce-overhead" if cuda else None)
                         if compile else self._decode_step)
         self._active: torch.dtype | None = None  # the matmul dtype the model is set to (None: its own)
